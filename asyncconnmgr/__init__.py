@@ -1,0 +1,59 @@
+"""asyncconnmgr: an asyncio- and trio-native connection manager for peer-to-peer hosts."""
+
+from __future__ import annotations
+
+from ._config import Config as Config
+from ._decay import BumpFn as BumpFn
+from ._decay import DecayFn as DecayFn
+from ._decay import DecayingTag as DecayingTag
+from ._decay import DecayingValue as DecayingValue
+from ._decay import bump_overwrite as bump_overwrite
+from ._decay import bump_sum_bounded as bump_sum_bounded
+from ._decay import bump_sum_unbounded as bump_sum_unbounded
+from ._decay import decay_expire_when_inactive as decay_expire_when_inactive
+from ._decay import decay_fixed as decay_fixed
+from ._decay import decay_linear as decay_linear
+from ._decay import decay_none as decay_none
+from ._errors import ConnManagerError as ConnManagerError
+from ._errors import LimitExceededError as LimitExceededError
+from ._errors import ManagerClosedError as ManagerClosedError
+from ._manager import ConnManager as ConnManager
+from ._models import ManagerInfo as ManagerInfo
+from ._models import TagInfo as TagInfo
+from ._models import TrimResult as TrimResult
+from ._models import Victim as Victim
+from ._null import NullConnManager as NullConnManager
+from ._policy import Candidate as Candidate
+from ._policy import DefaultPolicy as DefaultPolicy
+from ._policy import TrimPolicy as TrimPolicy
+from .abc import Direction as Direction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BumpFn",
+    "Candidate",
+    "Config",
+    "ConnManager",
+    "ConnManagerError",
+    "DecayFn",
+    "DecayingTag",
+    "DecayingValue",
+    "DefaultPolicy",
+    "Direction",
+    "LimitExceededError",
+    "ManagerClosedError",
+    "ManagerInfo",
+    "NullConnManager",
+    "TagInfo",
+    "TrimPolicy",
+    "TrimResult",
+    "Victim",
+    "bump_overwrite",
+    "bump_sum_bounded",
+    "bump_sum_unbounded",
+    "decay_expire_when_inactive",
+    "decay_fixed",
+    "decay_linear",
+    "decay_none",
+]

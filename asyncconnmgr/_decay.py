@@ -1,0 +1,199 @@
+"""Decaying tags: values that fade unless bumped.
+
+A decaying tag has a name, an interval, a decay function and a bump function. Each peer
+holds at most one `DecayingValue` per tag. Bumps are applied at once (no queue to overflow);
+decay visits happen on the manager's decay ticks, every `decay_resolution` seconds, and a tag
+is visited on the ticks where its schedule (registration time + k * interval) has come due.
+Only the values of due tags are visited, so a tick costs time in proportion to them, not to
+the size of the table.
+
+The functions are pure as far as this module is concerned:
+
+- `decay_fn(value) -> (new_value, remove)` receives the value with `last_visit` set to the
+  time of the current visit, so `value.last_visit - value.last_bump` is the time since the
+  last bump;
+- `bump_fn(value, delta) -> new_value`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+from ._config import check_int, check_seconds
+from ._errors import ManagerClosedError
+from .abc import PeerId
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "BumpFn",
+    "DecayFn",
+    "DecayingTag",
+    "DecayingValue",
+    "bump_overwrite",
+    "bump_sum_bounded",
+    "bump_sum_unbounded",
+    "decay_expire_when_inactive",
+    "decay_fixed",
+    "decay_linear",
+    "decay_none",
+]
+
+
+@attrs.frozen(slots=True)
+class DecayingValue:
+    """One peer's value under one decaying tag, as the decay and bump functions see it."""
+
+    tag: str
+    peer: PeerId
+    added: float
+    last_visit: float
+    last_bump: float
+    value: int
+
+
+DecayFn = Callable[[DecayingValue], "tuple[int, bool]"]
+BumpFn = Callable[[DecayingValue, int], int]
+
+
+def decay_none() -> DecayFn:
+    """Never decays; the value stays until removed or the peer disconnects."""
+
+    def decay(value: DecayingValue) -> tuple[int, bool]:
+        return value.value, False
+
+    return decay
+
+
+def decay_fixed(minuend: int) -> DecayFn:
+    """Subtracts `minuend` on every visit; removes the value once it reaches 0 or less."""
+    check_int("minuend", minuend)
+
+    def decay(value: DecayingValue) -> tuple[int, bool]:
+        after = value.value - minuend
+        return after, after <= 0
+
+    return decay
+
+
+def decay_linear(coef: float) -> DecayFn:
+    """Multiplies by `coef` (0 < coef < 1) on every visit, rounding down; removes at 0 or less."""
+    if isinstance(coef, bool) or not isinstance(coef, (int, float)):
+        raise TypeError(f"coef must be a number, not {type(coef).__name__}")
+    if not 0 < coef < 1:
+        raise ValueError(f"coef must be between 0 and 1 (exclusive), got {coef!r}")
+
+    def decay(value: DecayingValue) -> tuple[int, bool]:
+        after = int(value.value * coef)
+        return after, after <= 0
+
+    return decay
+
+
+def decay_expire_when_inactive(after: float) -> DecayFn:
+    """Keeps the value as it is, and removes it once it has not been bumped for `after` s.
+
+    (The reference implementation's preset of this name zeroes the value on every visit and
+    never removes it.)
+    """
+    limit = check_seconds("after", after)
+
+    def decay(value: DecayingValue) -> tuple[int, bool]:
+        return value.value, value.last_visit - value.last_bump >= limit
+
+    return decay
+
+
+def bump_sum_unbounded() -> BumpFn:
+    """Adds the delta to the value."""
+
+    def bump(value: DecayingValue, delta: int) -> int:
+        return value.value + delta
+
+    return bump
+
+
+def bump_sum_bounded(min: int, max: int) -> BumpFn:
+    """Adds the delta and clamps the sum into [min, max]."""
+    check_int("min", min)
+    check_int("max", max)
+    if min > max:
+        raise ValueError(f"min ({min}) must be <= max ({max})")
+    low, high = min, max
+
+    def bump(value: DecayingValue, delta: int) -> int:
+        total = value.value + delta
+        return low if total < low else high if total > high else total
+
+    return bump
+
+
+def bump_overwrite() -> BumpFn:
+    """Replaces the value with the delta."""
+
+    def bump(value: DecayingValue, delta: int) -> int:
+        return delta
+
+    return bump
+
+
+class _DecayingTagOwner(Protocol):
+    """What a `DecayingTag` handle needs from the manager that registered it."""
+
+    def _decaying_bump(self, tag: DecayingTag, peer: PeerId, delta: int) -> None: ...
+
+    def _decaying_remove(self, tag: DecayingTag, peer: PeerId) -> None: ...
+
+    def _decaying_close(self, tag: DecayingTag) -> None: ...
+
+
+@attrs.define(eq=False, slots=True)
+class DecayingTag:
+    """The handle `register_decaying_tag()` returns: bump or remove peers' values, or close.
+
+    Every call is synchronous and applied at once. After `close()` (idempotent) the tag's
+    values are gone from every peer, its name may be registered again, and `bump`/`remove`
+    raise `ManagerClosedError`.
+    """
+
+    name: str
+    interval: float
+    decay_fn: DecayFn = attrs.field(repr=False)
+    bump_fn: BumpFn = attrs.field(repr=False)
+    _owner: _DecayingTagOwner = attrs.field(repr=False, alias="owner")
+    closed: bool = attrs.field(default=False, init=False)
+
+    def bump(self, peer: PeerId, delta: int) -> None:
+        """Applies `bump_fn` to the peer's value (0 if it has none) and `delta`.
+
+        A peer with no entry gets a temporary one, as `tag_peer` does. If `bump_fn` raises,
+        the exception reaches the caller and nothing changes.
+        """
+        if self.closed:
+            raise ManagerClosedError(f"decaying tag {self.name!r} is closed")
+        self._owner._decaying_bump(self, peer, delta)
+
+    def remove(self, peer: PeerId) -> None:
+        """Drops the peer's value under this tag; a peer with no value is left alone."""
+        if self.closed:
+            raise ManagerClosedError(f"decaying tag {self.name!r} is closed")
+        self._owner._decaying_remove(self, peer)
+
+    def close(self) -> None:
+        """Removes this tag's values from every peer and frees its name."""
+        if not self.closed:
+            self.closed = True
+            self._owner._decaying_close(self)
+
+
+@attrs.define(eq=False, slots=True)
+class DecaySchedule:
+    """The table-side state of one decaying tag: its values and when it is next due."""
+
+    tag: DecayingTag
+    next_due: float
+    values: dict[PeerId, DecayingValue] = attrs.field(factory=dict)
