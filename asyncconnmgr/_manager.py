@@ -192,7 +192,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._state: str = _NEW
 
         self._last_trim: float | None = None
-        self._next_grace_expiry: float | None = None
+        self._grace_hold: float | None = None
         self._flight: _Flight | None = None
         self._trim_wakeup = _Wakeup()
         self._reaper_wakeup = _Wakeup()
@@ -410,7 +410,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """Removes one protection; returns True if the peer is still protected by another."""
         check_tag("tag", tag)
         _check_peer(peer)
-        return self._table.unprotect(peer, tag)
+        still_protected = self._table.unprotect(peer, tag)
+        if not still_protected:
+            self._grace_hold = None  # the peer may be eligible now
+            self._check_high_water()
+        return still_protected
 
     def is_protected(self, peer: PeerId, tag: str | None = None) -> bool:
         """Whether the peer is protected under `tag`, or under any tag if `tag` is None."""
@@ -538,7 +542,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._trims += 1
         temporary_removed = table.reap_temporary(started_at)
         plan: TrimPlan = table.plan_trim(started_at, self._config.low_water, self._policy)
-        self._next_grace_expiry = plan.next_grace_expiry
+        # Nothing eligible: the next background trim waits for the first grace period to end.
+        self._grace_hold = plan.next_grace_expiry if plan.target <= 0 else None
         conns = [conn for conn in plan.conns if table.mark_closing(conn)]
         progress = _Progress()
         cancelled = False
@@ -666,24 +671,19 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     async def _trim_loop(self) -> None:
         cfg = self._config
         table = self._table
-        recheck_at: float | None = None
         while True:
-            await self._wait(self._trim_wakeup, recheck_at)
-            recheck_at = None
             if cfg.trimming_disabled or table.conn_count <= cfg.high_water:
+                await self._trim_wakeup.wait()
                 continue
-            if self._last_trim is not None:
-                quiet_until = self._last_trim + cfg.silence_period
-                if self._now() < quiet_until:
-                    recheck_at = quiet_until
-                    continue
-            result = await self._trim(None)
-            if table.conn_count > cfg.high_water:
-                assert self._last_trim is not None
-                recheck_at = self._last_trim + cfg.silence_period
-                if result.target <= 0 and self._next_grace_expiry is not None:
-                    # Nothing was eligible: retry when the first peer leaves its grace period.
-                    recheck_at = max(recheck_at, self._next_grace_expiry)
+            earliest = (
+                self._now() if self._last_trim is None else self._last_trim + cfg.silence_period
+            )
+            if self._grace_hold is not None and self._grace_hold > earliest:
+                earliest = self._grace_hold
+            if self._now() < earliest:
+                await self._wait(self._trim_wakeup, earliest)
+                continue
+            await self._trim(None)
 
     async def _decay_loop(self) -> None:
         resolution = self._config.decay_resolution
