@@ -461,7 +461,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def check_limit(self, limit: int) -> None:
         """Raises `LimitExceededError` if high water exceeds the host's connection limit."""
-        check_int("limit", limit)
+        check_int("limit", limit, minimum=0)
         if self._config.high_water > limit:
             raise LimitExceededError(
                 f"high_water ({self._config.high_water}) exceeds the limit ({limit})"
