@@ -75,9 +75,11 @@ class ManagerInfo:
     """The configuration and live counters of a manager, at one moment.
 
     `conn_count` counts open connections that are not being closed; `closing_count` those a
-    trim is closing; `peer_count` peers with at least one connection. `last_trim` is the time
-    (on the manager's clock) the most recent trim started. `loop_failures` counts unexpected
-    exceptions per background loop (each one was logged and the loop restarted).
+    trim is closing; `peer_count` peers with at least one open connection, including peers
+    whose connections are all being closed (they leave when their last close completes).
+    `last_trim` is the time (on the manager's clock) the most recent trim started.
+    `loop_failures` counts unexpected exceptions per background loop (each one was logged and
+    the loop restarted).
     """
 
     low_water: int
