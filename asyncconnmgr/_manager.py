@@ -321,18 +321,20 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         if not items:
             return
         now = self._now()
-        table = self._table
+        add_conn = self._table.add_conn
+        remove_conn = self._table.remove_conn
+        orphans = self._orphans  # changed in place only
         popleft = items.popleft
         while items:
             connected, conn = popleft()
             try:
                 if connected:
-                    if self._orphans and self._orphans.get(id(conn)) is conn:
-                        del self._orphans[id(conn)]
+                    if orphans and orphans.get(id(conn)) is conn:
+                        del orphans[id(conn)]
                         self._ignore("connected after its disconnected", conn)
-                    elif not table.add_conn(conn, now):
+                    elif not add_conn(conn, now):
                         self._ignore("duplicate connected", conn)
-                elif not table.remove_conn(conn):
+                elif not remove_conn(conn):
                     self._unknown_disconnect(conn)
             except Exception:
                 self._ignored += 1
@@ -369,11 +371,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         if peer is None:
             _check_peer(peer)
         try:
-            self._table.tag_peer(peer, tag, value, self._now)
+            created = self._table.tag_peer(peer, tag, value, self._now)
         except TypeError:
-            _check_peer(peer)
+            _check_peer(peer)  # raises the message that names `peer` if it is unhashable
             raise
-        if self._reaper_wakeup.waiting:
+        if created and self._reaper_wakeup.waiting:
             self._reaper_wakeup.set()
 
     def untag_peer(self, peer: PeerId, tag: str) -> None:
@@ -388,11 +390,24 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         `fn` runs with nothing locked and may call back into the manager; if it raises (or
         does not return an int) the exception reaches the caller and nothing changes.
         """
-        check_tag("tag", tag)
-        check_callable("fn", fn)
-        _check_peer(peer)
-        self._table.upsert_tag(peer, tag, fn, self._now)
-        if self._reaper_wakeup.waiting:
+        if type(tag) is not str or not tag:
+            check_tag("tag", tag)
+        if peer is None:
+            check_callable("fn", fn)
+            _check_peer(peer)
+        try:
+            # A non-callable `fn` or an unhashable peer raises TypeError in the table before
+            # anything changes; only then is it worth finding out which argument was wrong.
+            created = self._table.upsert_tag(peer, tag, fn, self._now)
+        except TypeError:
+            if not callable(fn):
+                try:
+                    check_callable("fn", fn)
+                except TypeError as wrong_fn:
+                    raise wrong_fn from None  # the table's own error says nothing useful
+            _check_peer(peer)
+            raise
+        if created and self._reaper_wakeup.waiting:
             self._reaper_wakeup.set()
 
     def get_tag_info(self, peer: PeerId) -> TagInfo | None:
@@ -544,7 +559,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         plan: TrimPlan = table.plan_trim(started_at, self._config.low_water, self._policy)
         # Nothing eligible: the next background trim waits for the first grace period to end.
         self._grace_hold = plan.next_grace_expiry if plan.target <= 0 else None
-        conns = [conn for conn in plan.conns if table.mark_closing(conn)]
+        conns = table.mark_planned(plan)
         progress = _Progress()
         cancelled = False
         try:

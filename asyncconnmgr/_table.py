@@ -22,6 +22,18 @@ the counts at once (so no later trim picks them again), and `unmark_closing` put
 connection whose close failed. Removing a closed connection is the same `remove_conn` that a
 `disconnected` notification causes.
 
+Representation: a peer has a handful of connections and tags, so an entry keeps them in
+small sequences rather than in two dicts (which would cost some 400 bytes a peer; see the M4
+figure of benchmarks/bench.py). `PeerEntry.conn_times` is an immutable tuple `(conn, opened,
+conn, opened, ...)`, replaced on every change; connections never equal a number, so a scan
+for a connection (`in`, `index`) can only stop at a connection. The plain tags are two
+parallel sequences, a tuple of names `tag_names` (replaced when a name comes or goes) and a
+list of values `tag_values` (changed in place when a value changes); a peer with no tag has
+`()` for both. `PeerEntry.conns` and `PeerEntry.tags` build dicts from them for readers
+(policies, `tag_info`). A real entry holds at least one connection for exactly as long as it
+is in the table: `remove_conn` empties `conn_times` when it drops the entry. A connection
+must be hashable (the connections being closed are kept in a set); `add_conn` checks it first.
+
 Time: the table never reads a clock. A method that may need the time takes `now`, a
 zero-argument function that it calls only when it creates an entry or records a decaying
 value, so tagging a known peer costs no clock read. Everything here is synchronous: on one
@@ -31,50 +43,75 @@ event loop every method is atomic, so no locks are needed.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
 from ._decay import DecayingTag, DecayingValue, DecaySchedule
 from ._models import TagInfo, Victim
-from ._policy import TrimPolicy
+from ._policy import DefaultPolicy, TrimPolicy
 from .abc import Conn, Direction, PeerId
 
 __all__ = ["PeerEntry", "PeerTable", "TrimPlan"]
 
 Now = Callable[[], float]
 
+_OUTBOUND = Direction.OUTBOUND
+_LAST = operator.itemgetter(-1)
+
 
 class PeerEntry:
-    """One peer: its connections, tags and value. Implements `Candidate`."""
+    """One peer: its connections, tags and value. Implements `Candidate`.
+
+    `conn_times` is `(conn, opened, conn, opened, ...)`, `tag_names` and `tag_values` the
+    plain tags (see the module docstring); `conns` and `tags` are dict snapshots of them.
+    """
 
     __slots__ = (
         "closing",
-        "conns",
+        "conn_times",
         "first_seen",
         "outbound",
         "peer",
         "seq",
-        "tags",
-        "temp",
+        "tag_names",
+        "tag_values",
         "value",
     )
 
-    def __init__(self, peer: PeerId, first_seen: float, seq: int, *, temp: bool) -> None:
+    def __init__(self, peer: PeerId, first_seen: float, seq: int) -> None:
         self.peer = peer
         self.first_seen = first_seen
         self.seq = seq
-        self.temp = temp
-        self.conns: dict[Conn, float] = {}
-        self.tags: dict[str, int] = {}
+        self.conn_times: tuple[Any, ...] = ()
+        self.tag_names: tuple[str, ...] = ()
+        self.tag_values: Any = ()  # a list of ints, parallel to `tag_names`; () if none
         self.value = 0
         self.outbound = 0
         self.closing = 0
 
+    @property
+    def temp(self) -> bool:
+        """A temporary entry: tagged, never connected (a real one has a connection)."""
+        return not self.conn_times
+
+    @property
+    def conns(self) -> dict[Conn, float]:
+        """The open connections and the time each was reported open (a new dict)."""
+        flat = self.conn_times
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    @property
+    def tags(self) -> dict[str, int]:
+        """The plain tags (a new dict)."""
+        return dict(zip(self.tag_names, self.tag_values, strict=True))
+
     def __repr__(self) -> str:
         kind = "temporary " if self.temp else ""
-        return f"<{kind}PeerEntry {self.peer!r} value={self.value} conns={len(self.conns)}>"
+        conns = len(self.conn_times) >> 1
+        return f"<{kind}PeerEntry {self.peer!r} value={self.value} conns={conns}>"
 
 
 @attrs.frozen(slots=True)
@@ -83,16 +120,21 @@ class TrimPlan:
 
     `conns` lists the connections to close, peer by peer in policy order; `next_grace_expiry`
     is the earliest time a peer now in grace becomes eligible (None if no peer is in grace).
+    `chosen` holds `(peer, value, connections)` of each victim at the time of the plan;
+    `victims` makes `Victim` records of them, later, once the closes have started. `owners`
+    holds the entry of each connection of `conns`, for `PeerTable.mark_planned`.
     """
 
     target: int
     eligible: int
-    victims: tuple[Victim, ...]
+    chosen: tuple[tuple[PeerId, int, int], ...]
     conns: tuple[Conn, ...]
     next_grace_expiry: float | None
+    owners: tuple[PeerEntry, ...] = attrs.field(default=(), repr=False, eq=False)
 
-
-_NO_PLAN_VICTIMS: tuple[Victim, ...] = ()
+    @property
+    def victims(self) -> tuple[Victim, ...]:
+        return tuple(Victim(peer, value, conns) for peer, value, conns in self.chosen)
 
 
 class PeerTable:
@@ -145,21 +187,27 @@ class PeerTable:
     # -- connections ----------------------------------------------------------------------
 
     def add_conn(self, conn: Conn, now: float) -> bool:
-        """Records an open connection; False (and no change) if it is already known."""
+        """Records an open connection; False (and no change) if it is already known.
+
+        Raises (and changes nothing) if the connection is unhashable or its attributes fail.
+        """
+        hash(conn)
         peer = conn.remote_peer
-        outbound = conn.direction is Direction.OUTBOUND
+        outbound = conn.direction is _OUTBOUND
         entry = self._peers.get(peer)
         if entry is None:
-            entry = self._temp.pop(peer, None)
+            entry = self._temp.pop(peer, None) if self._temp else None
             if entry is None:
-                entry = PeerEntry(peer, now, self._next_seq(), temp=False)
+                self._seq += 1
+                entry = PeerEntry(peer, now, self._seq)
             else:
-                entry.temp = False
                 entry.first_seen = now  # grace starts at the connection, not the early tag
+            entry.conn_times = (conn, now)
             self._peers[peer] = entry
-        elif conn in entry.conns:
+        elif conn in entry.conn_times:
             return False
-        entry.conns[conn] = now
+        else:
+            entry.conn_times += (conn, now)
         if outbound:
             entry.outbound += 1
         self._conn_total += 1
@@ -168,22 +216,33 @@ class PeerTable:
     def remove_conn(self, conn: Conn) -> bool:
         """Forgets a connection; the peer goes with its last one. False if it is unknown."""
         entry = self._peers.get(conn.remote_peer)
-        if entry is None or entry.conns.pop(conn, None) is None:
+        if entry is None:
             return False
+        flat = entry.conn_times
+        if conn not in flat:
+            return False
+        outbound = conn.direction is _OUTBOUND
         self._conn_total -= 1
         if entry.closing and conn in self._closing:
             self._closing.discard(conn)
             entry.closing -= 1
-        if conn.direction is Direction.OUTBOUND:
+        if outbound:
             entry.outbound -= 1
-        if not entry.conns:
+        if len(flat) == 2:
+            entry.conn_times = ()
             del self._peers[entry.peer]
-            self._drop_decaying(entry.peer)
+            if self._schedules:
+                self._drop_decaying(entry.peer)
+        elif len(flat) == 4:  # the common case of a peer with two connections
+            entry.conn_times = flat[2:] if flat.index(conn) == 0 else flat[:2]
+        else:
+            at = flat.index(conn)
+            entry.conn_times = flat[:at] + flat[at + 2 :]
         return True
 
     def has_conn(self, conn: Conn) -> bool:
         entry = self._peers.get(conn.remote_peer)
-        return entry is not None and conn in entry.conns
+        return entry is not None and conn in entry.conn_times
 
     def is_closing(self, conn: Conn) -> bool:
         return conn in self._closing
@@ -191,11 +250,29 @@ class PeerTable:
     def mark_closing(self, conn: Conn) -> bool:
         """Takes a connection out of the counts while a trim closes it."""
         entry = self._peers.get(conn.remote_peer)
-        if entry is None or conn not in entry.conns or conn in self._closing:
+        if entry is None or conn not in entry.conn_times or conn in self._closing:
             return False
         self._closing.add(conn)
         entry.closing += 1
         return True
+
+    def mark_planned(self, plan: TrimPlan) -> list[Conn]:
+        """`mark_closing` of each of `plan.conns`, in order; returns those it marked.
+
+        The plan knows each connection's entry, so no peer id is looked up again (at 100,000
+        connections that is most of the cost of marking; a py-libp2p ID hashes in Python).
+        """
+        closing = self._closing
+        marked: list[Conn] = []
+        for conn, entry in zip(plan.conns, plan.owners, strict=True):
+            if conn not in entry.conn_times:  # the entry changed since: the general path
+                if self.mark_closing(conn):
+                    marked.append(conn)
+            elif conn not in closing:
+                closing.add(conn)
+                entry.closing += 1
+                marked.append(conn)
+        return marked
 
     def unmark_closing(self, conn: Conn) -> bool:
         """Puts back a connection whose close did not happen (failed, timed out, cut short)."""
@@ -217,41 +294,85 @@ class PeerTable:
         if entry is None:
             entry = self._temp.get(peer)
             if entry is None:
-                entry = PeerEntry(peer, now(), self._next_seq(), temp=True)
+                entry = PeerEntry(peer, now(), self._next_seq())
                 self._temp[peer] = entry
         return entry
 
-    def tag_peer(self, peer: PeerId, tag: str, value: int, now: Now) -> None:
-        """Sets (not adds) the tag's value; an unknown peer gets a temporary entry."""
-        entry = self._entry_for_tagging(peer, now)
-        tags = entry.tags
-        entry.value += value - tags.get(tag, 0)
-        tags[tag] = value
+    def tag_peer(self, peer: PeerId, tag: str, value: int, now: Now) -> bool:
+        """Sets (not adds) the tag's value; an unknown peer gets a temporary entry.
+
+        Returns True if it created a temporary entry.
+        """
+        entry = self._peers.get(peer)
+        created = False
+        if entry is None:
+            entry = self._temp.get(peer)
+            if entry is None:
+                entry = self._entry_for_tagging(peer, now)
+                created = True
+        names = entry.tag_names
+        if tag in names:
+            values = entry.tag_values
+            at = names.index(tag)
+            entry.value += value - values[at]
+            values[at] = value
+        else:
+            # New sequences of exactly the new size: `append` and `[*values, value]` would
+            # over-allocate the list (room for 8 once it holds 2), and peers keep few tags.
+            entry.tag_names = names + (tag,)  # noqa: RUF005 - one allocation, not two
+            entry.tag_values = entry.tag_values + [value] if names else [value]  # noqa: RUF005
+            entry.value += value
+        return created
 
     def untag_peer(self, peer: PeerId, tag: str) -> None:
         entry = self.lookup(peer)
         if entry is not None:
-            old = entry.tags.pop(tag, None)
-            if old is not None:
-                entry.value -= old
+            names = entry.tag_names
+            if tag in names:
+                at = names.index(tag)
+                values = entry.tag_values
+                entry.value -= values[at]
+                if len(names) == 1:
+                    entry.tag_names = entry.tag_values = ()
+                else:
+                    entry.tag_names = names[:at] + names[at + 1 :]
+                    del values[at]
 
-    def upsert_tag(self, peer: PeerId, tag: str, fn: Callable[[int], int], now: Now) -> None:
-        """Sets the tag to `fn(current value or 0)`.
+    def upsert_tag(self, peer: PeerId, tag: str, fn: Callable[[int], int], now: Now) -> bool:
+        """Sets the tag to `fn(current value or 0)`; True if it created a temporary entry.
 
         `fn` runs before anything changes and may call back into the table; if it raises, or
         returns something that is not an int, nothing changes.
         """
-        entry = self.lookup(peer)
-        new = fn(entry.tags.get(tag, 0) if entry is not None else 0)
+        entry = self._peers.get(peer)
+        if entry is None:
+            entry = self._temp.get(peer)
+            if entry is None:
+                return self.tag_peer(peer, tag, _fn_result(fn(0)), now)
+        names = entry.tag_names
+        at = names.index(tag) if tag in names else -1
+        new = fn(entry.tag_values[at] if at >= 0 else 0)
         if type(new) is not int:
             raise TypeError(f"fn must return an int, not {type(new).__name__}")
-        self.tag_peer(peer, tag, new, now)
+        if entry.tag_names is not names or not entry.conn_times:
+            # `fn` changed this peer's tags (or disconnected it), or the entry is temporary:
+            # the general path. (A real entry holds a connection while in the table.)
+            return self.tag_peer(peer, tag, new, now)
+        values = entry.tag_values
+        if at >= 0:
+            entry.value += new - values[at]
+            values[at] = new
+        else:  # as in `tag_peer`
+            entry.tag_names = names + (tag,)  # noqa: RUF005
+            entry.tag_values = values + [new] if names else [new]  # noqa: RUF005
+            entry.value += new
+        return False
 
     def tag_info(self, peer: PeerId) -> TagInfo | None:
         entry = self.lookup(peer)
         if entry is None:
             return None
-        tags = dict(entry.tags)
+        tags = entry.tags
         for name, schedule in self._schedules.items():
             held = schedule.values.get(peer)
             if held is not None:
@@ -300,9 +421,19 @@ class PeerTable:
             if entry.first_seen > cutoff:
                 break  # creation order is time order
             stale.append(peer)
+        if not stale:
+            return 0
+        sizes = [len(schedule.values) for schedule in self._schedules.values()]
         for peer in stale:
             del self._temp[peer]
             self._drop_decaying(peer)
+        # A dict never shrinks when keys are deleted: after a mass reaping (a flood of tags
+        # for peers that never connect) copy what is left, or the flood's memory stays.
+        if _mostly_gone(len(stale), len(self._temp)):
+            self._temp = dict(self._temp)
+        for schedule, size in zip(self._schedules.values(), sizes, strict=True):
+            if _mostly_gone(size - len(schedule.values), len(schedule.values)):
+                schedule.values = dict(schedule.values)
         return len(stale)
 
     # -- decaying tags --------------------------------------------------------------------
@@ -391,6 +522,8 @@ class PeerTable:
                 if remove:
                     del values[peer]
                     entry.value -= held.value
+                elif after == held.value:
+                    values[peer] = visit  # the same value, visited now
                 else:
                     values[peer] = DecayingValue(name, peer, held.added, now, held.last_bump, after)
                     entry.value += after - held.value
@@ -408,53 +541,66 @@ class PeerTable:
         The target is the number of eligible connections above `low_water`. Pure: the table
         is not changed; the caller marks the chosen connections closing.
         """
-        protected = self._protected
-        closing_any = bool(self._closing)
+        peers = self._peers
+        # Protected entries, found by peer once: testing each entry by identity is cheaper
+        # than hashing every peer id (a py-libp2p ID hashes in Python).
+        protected = {peers[peer] for peer in self._protected if peer in peers}
         grace = self.grace_period
         cutoff = now - grace
         candidates: list[PeerEntry] = []
         eligible = 0
         next_grace: float | None = None
-        for entry in self._peers.values():
-            if entry.peer in protected:
+        for entry in peers.values():
+            first_seen = entry.first_seen
+            if first_seen > cutoff:
+                if entry not in protected:
+                    expiry = first_seen + grace
+                    if next_grace is None or expiry < next_grace:
+                        next_grace = expiry
                 continue
-            if entry.first_seen > cutoff:
-                expiry = entry.first_seen + grace
-                if next_grace is None or expiry < next_grace:
-                    next_grace = expiry
+            if entry in protected:
                 continue
-            open_conns = len(entry.conns) - entry.closing
+            open_conns = (len(entry.conn_times) >> 1) - entry.closing
             if open_conns <= 0:
                 continue
             candidates.append(entry)
             eligible += open_conns
         target = eligible - low_water
         if target <= 0:
-            return TrimPlan(max(target, 0), eligible, _NO_PLAN_VICTIMS, (), next_grace)
+            return TrimPlan(max(target, 0), eligible, (), (), next_grace)
 
-        key = policy.sort_key
-        # Every candidate holds at least one connection, so `target` peers always suffice.
-        ordered: list[Any]
-        if target * 8 < len(candidates):
-            ordered = heapq.nsmallest(target, candidates, key=key)
+        ordered: Iterable[PeerEntry]
+        if type(policy) is DefaultPolicy:
+            # The default order starts with the value, so no peer valued above the value at
+            # which the connections reach the target can be chosen: key and sort only the
+            # others, in one pass without a call per candidate. The last item of each key is
+            # the entry, never compared since the keys before it end with the unique -seq.
+            keyed = _default_keys(candidates, _value_reaching(candidates, target))
+            keyed.sort()
+            ordered = map(_LAST, keyed)
+        elif target * 8 < len(candidates):
+            # Every candidate holds at least one connection: `target` peers always suffice.
+            ordered = heapq.nsmallest(target, candidates, key=policy.sort_key)
         else:
-            ordered = sorted(candidates, key=key)
+            ordered = sorted(candidates, key=policy.sort_key)
 
-        victims: list[Victim] = []
+        chosen: list[tuple[PeerId, int, int]] = []
         conns: list[Conn] = []
+        owners: list[PeerEntry] = []
         covered = 0
         closing = self._closing
         for entry in ordered:
-            if closing_any and entry.closing:
-                chosen = [conn for conn in entry.conns if conn not in closing]
-            else:
-                chosen = list(entry.conns)
-            victims.append(Victim(entry.peer, entry.value, len(chosen)))
-            conns.extend(chosen)
-            covered += len(chosen)
+            closable: Sequence[Conn] = entry.conn_times[::2]
+            if entry.closing:
+                closable = [conn for conn in closable if conn not in closing]
+            count = len(closable)
+            chosen.append((entry.peer, entry.value, count))
+            conns += closable
+            owners += [entry] * count
+            covered += count
             if covered >= target:
                 break
-        return TrimPlan(target, eligible, tuple(victims), tuple(conns), next_grace)
+        return TrimPlan(target, eligible, tuple(chosen), tuple(conns), next_grace, tuple(owners))
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -462,25 +608,30 @@ class PeerTable:
         """Asserts every internal consistency rule; for tests."""
         total = 0
         seen_closing = 0
+        default = DefaultPolicy()
         for peer, entry in self._peers.items():
             assert entry.peer == peer
             assert not entry.temp
-            assert entry.conns, f"{entry!r} has no connection but is not temporary"
+            _check_flat(entry)
+            conns = entry.conn_times[::2]
+            assert conns, f"{entry!r} has no connection but is not temporary"
             assert peer not in self._temp
-            total += len(entry.conns)
-            closing_here = sum(1 for conn in entry.conns if conn in self._closing)
+            total += len(conns)
+            closing_here = sum(1 for conn in conns if conn in self._closing)
             assert entry.closing == closing_here, entry
             seen_closing += closing_here
-            outbound = sum(1 for conn in entry.conns if conn.direction is Direction.OUTBOUND)
+            outbound = sum(1 for conn in conns if conn.direction is Direction.OUTBOUND)
             assert entry.outbound == outbound, entry
-            assert all(conn.remote_peer == peer for conn in entry.conns)
+            assert all(conn.remote_peer == peer for conn in conns)
+            assert _default_keys([entry], None)[0][:-1] == default.sort_key(entry), "keys differ"
         assert total == self._conn_total, (total, self._conn_total)
         assert seen_closing == len(self._closing), "a closing connection is not in the table"
         previous = None
         for peer, entry in self._temp.items():
             assert entry.peer == peer
             assert entry.temp
-            assert not entry.conns
+            _check_flat(entry)
+            assert entry.conn_times == ()
             assert not entry.closing
             assert previous is None or previous <= entry.first_seen, "temporary order broken"
             previous = entry.first_seen
@@ -498,3 +649,80 @@ class PeerTable:
                 assert held.peer == peer
         for tags in self._protected.values():
             assert tags, "an empty protection set was kept"
+
+
+def _fn_result(value: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"fn must return an int, not {type(value).__name__}")
+    return value
+
+
+def _mostly_gone(removed: int, left: int) -> bool:
+    """Whether a dict that lost `removed` keys and holds `left` is worth copying."""
+    return removed >= 1024 and removed > 2 * left
+
+
+def _value_reaching(candidates: list[PeerEntry], target: int) -> int:
+    """The lowest value such that the candidates valued at most it hold `target` open
+    connections (0 < `target` <= what all of them hold)."""
+    conns_at: dict[int, int] = {}
+    for entry in candidates:
+        value = entry.value
+        conns_at[value] = conns_at.get(value, 0) + (len(entry.conn_times) >> 1) - entry.closing
+    covered = 0
+    for value in sorted(conns_at):
+        covered += conns_at[value]
+        if covered >= target:
+            break
+    return value
+
+
+def _default_keys(candidates: list[PeerEntry], max_value: int | None) -> list[tuple[Any, ...]]:
+    """`DefaultPolicy.sort_key(entry) + (entry,)` for each candidate valued at most
+    `max_value` (None: every one), without a call per candidate.
+
+    `_check_invariants` checks that both keys agree.
+    """
+    keyed: list[tuple[Any, ...]] = []
+    append = keyed.append
+    for entry in candidates:
+        if max_value is not None and entry.value > max_value:
+            continue
+        flat = entry.conn_times
+        streams = flat[0].num_streams  # a candidate has a connection
+        if len(flat) > 2:
+            for conn in flat[2::2]:
+                streams += conn.num_streams
+        append(
+            (
+                entry.value,
+                streams > 0,
+                entry.outbound > 0,
+                streams,
+                -entry.first_seen,
+                -entry.seq,
+                entry,
+            )
+        )
+    return keyed
+
+
+def _check_flat(entry: PeerEntry) -> None:
+    """The layouts of `conn_times` and of the tags (see the module docstring)."""
+    flat = entry.conn_times
+    assert type(flat) is tuple, entry
+    assert len(flat) % 2 == 0, entry
+    conns = flat[::2]
+    assert all(isinstance(opened, (int, float)) for opened in flat[1::2]), entry
+    assert len({id(conn) for conn in conns}) == len(conns), f"{entry!r}: duplicate connection"
+    assert all(not isinstance(conn, (int, float)) for conn in conns), entry
+    names, values = entry.tag_names, entry.tag_values
+    assert type(names) is tuple, entry
+    assert all(isinstance(name, str) and name for name in names), entry
+    assert len(set(names)) == len(names), f"{entry!r}: duplicate tag"
+    if names:
+        assert type(values) is list, entry
+    else:
+        assert values == (), entry
+    assert len(values) == len(names), entry
+    assert all(type(value) is int for value in values), entry
