@@ -56,9 +56,52 @@ RESTART_BACKOFF: Final = 1.0
 #: How many connections closed by a trim are remembered so that the host's later
 #: `disconnected` for them is recognised rather than counted as unknown.
 _REMEMBERED_CLOSES: Final = 65_536
-#: How many unexplained `disconnected` are remembered, so that a late `connected` for the
-#: same connection object does not resurrect it.
-_REMEMBERED_ORPHANS: Final = 4_096
+#: How many ended connections (reported disconnected, or closed by a trim) are remembered, so
+#: that a late or repeated `connected` for the same connection object does not resurrect it.
+_REMEMBERED_ENDED: Final = 16_384
+
+
+class _Remembered:
+    """A bounded set of connections by identity; the oldest is forgotten first.
+
+    Each remembered connection is held, so that its id cannot be reused by another object
+    while it is remembered. `items` maps `id(conn)` to `conn`; `order` keeps the ids in the
+    order they came, so forgetting the oldest is O(1) (deleting the first key of a dict over
+    and over is not: `next(iter(d))` scans the deleted slots).
+    """
+
+    __slots__ = ("_limit", "items", "order")
+
+    def __init__(self, limit: int) -> None:
+        self.items: dict[int, Conn] = {}
+        self.order: deque[int] = deque()
+        self._limit = limit
+
+    def add(self, conn: Conn) -> None:
+        key = id(conn)
+        self.items[key] = conn
+        self.order.append(key)
+        self.trim()
+
+    def trim(self) -> None:
+        """Forgets the oldest beyond the limit (`_drain` adds inline, then trims once)."""
+        order = self.order
+        items = self.items
+        while len(order) > self._limit:
+            items.pop(order.popleft(), None)
+
+    def __contains__(self, conn: object) -> bool:
+        return self.items.get(id(conn)) is conn
+
+    def discard(self, conn: Conn) -> bool:
+        """Forgets `conn`; True if it was remembered."""
+        if self.items.get(id(conn)) is conn:
+            del self.items[id(conn)]
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 class _Wakeup:
@@ -200,8 +243,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._background_done: anyio.Event | None = None
         self._closed_event: anyio.Event | None = None
 
-        self._recently_closed: dict[int, Conn] = {}
-        self._orphans: dict[int, Conn] = {}
+        # Closed by a trim, the host's `disconnected` not seen yet.
+        self._unconfirmed = _Remembered(_REMEMBERED_CLOSES)
+        # Known to be closed: a `connected` for one of these is stale.
+        self._ended = _Remembered(_REMEMBERED_ENDED)
         self._trims = 0
         self._closed_conns = 0
         self._close_failures = 0
@@ -295,12 +340,19 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._state = _CLOSING
         try:
             self._drain()
-            self._queue.closed = True
             if self._background_scope is not None:
                 self._background_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await self._background_done.wait()
+                # An explicit trim in flight starts no new close from now on (see
+                # `_close_all`); wait for the closes it started.
+                flight = self._flight
+                if flight is not None:
+                    await flight.done.wait()
+            # What the last closes reported (a `disconnected`) while they finished.
+            self._drain()
         finally:
+            self._queue.closed = True
             self._state = _CLOSED
             self._closed_event.set()
 
@@ -323,22 +375,27 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         now = self._now()
         add_conn = self._table.add_conn
         remove_conn = self._table.remove_conn
-        orphans = self._orphans  # changed in place only
+        ended = self._ended.items
+        ended_order = self._ended.order.append
         popleft = items.popleft
         while items:
             connected, conn = popleft()
             try:
                 if connected:
-                    if orphans and orphans.get(id(conn)) is conn:
-                        del orphans[id(conn)]
+                    if ended and ended.get(id(conn)) is conn:
                         self._ignore("connected after its disconnected", conn)
                     elif not add_conn(conn, now):
                         self._ignore("duplicate connected", conn)
-                elif not remove_conn(conn):
+                elif remove_conn(conn):
+                    key = id(conn)
+                    ended[key] = conn
+                    ended_order(key)
+                else:
                     self._unknown_disconnect(conn)
             except Exception:
                 self._ignored += 1
                 logger.exception("asyncconnmgr could not apply a notification for %r", conn)
+        self._ended.trim()
         self._check_high_water()
 
     def _ignore(self, why: str, conn: Conn) -> None:
@@ -346,13 +403,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         logger.debug("asyncconnmgr ignored a notification (%s): %r", why, conn)
 
     def _unknown_disconnect(self, conn: Conn) -> None:
-        if self._recently_closed.pop(id(conn), None) is conn:
+        if self._unconfirmed and self._unconfirmed.discard(conn):
             return  # the host confirming a close we made: expected
         self._ignore("disconnected for an unknown connection", conn)
-        orphans = self._orphans
-        orphans[id(conn)] = conn
-        if len(orphans) > _REMEMBERED_ORPHANS:
-            del orphans[next(iter(orphans))]
+        self._ended.add(conn)
 
     def _check_high_water(self) -> None:
         cfg = self._config
@@ -614,6 +668,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                 await anyio.lowlevel.checkpoint_if_cancelled()
                 if deadline is not None and clock.now() >= deadline:
                     return
+                if self._state in (_CLOSING, _CLOSED):
+                    return  # aclose() has begun: start no new close
                 conn = conns[progress.started]
                 progress.started += 1
                 closing = _Closing(clock.now() + timeout)
@@ -652,10 +708,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         if closed:
             progress.closed += 1
             if table.remove_conn(conn):
-                remembered = self._recently_closed
-                remembered[id(conn)] = conn
-                if len(remembered) > _REMEMBERED_CLOSES:
-                    del remembered[next(iter(remembered))]
+                self._unconfirmed.add(conn)
+                self._ended.add(conn)
         else:
             progress.failed += 1
             table.unmark_closing(conn)
@@ -681,6 +735,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         queue = self._queue
         while True:
             await queue.wait_nonempty()
+            if self._state != _RUNNING:
+                # aclose() applies what is left once the closes in flight have finished.
+                # Park until cancelled: on asyncio, a task woken by every notification of a
+                # flood would never be at rest long enough to receive the cancellation.
+                await anyio.sleep_forever()
             self._drain()
 
     async def _trim_loop(self) -> None:
@@ -726,6 +785,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                 await self._reaper_wakeup.wait()
                 continue
             await self._clock.sleep_until(expiry)
+            # A queued `connected` converts its peer's temporary entry: apply it first.
+            self._drain()
             table.reap_temporary(self._now())
 
     # -- for tests --------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 import math
@@ -62,8 +63,29 @@ class FakeClock:
 
 
 async def settle() -> None:
-    """Waits until every other task is blocked (anyio's `wait_all_tasks_blocked`)."""
-    await anyio.wait_all_tasks_blocked()
+    """Waits until every other task is blocked and nothing is ready to run.
+
+    On trio this is anyio's `wait_all_tasks_blocked`. On asyncio that one can return while
+    the waiters of a task that just finished are still to be woken (their wake-ups are
+    callbacks queued in the loop), and it polls with real 0.1 s sleeps; so there this yields
+    until the loop has no ready callback and every other task waits on an unfinished future.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio
+        await anyio.wait_all_tasks_blocked()
+        return
+    me = asyncio.current_task()
+    while True:
+        await asyncio.sleep(0)
+        if getattr(loop, "_ready", None):
+            continue
+        for task in asyncio.all_tasks():
+            waiter = getattr(task, "_fut_waiter", None)
+            if task is not me and (waiter is None or waiter.done()):
+                break
+        else:
+            return
 
 
 CloseHook = Callable[["FakeConn"], Awaitable[None]]
