@@ -62,43 +62,39 @@ _REMEMBERED_ENDED: Final = 16_384
 
 
 class _Remembered:
-    """A bounded set of connections by identity; the oldest is forgotten first.
+    """A bounded set of connections, by the connection object; the oldest go first.
 
-    Each remembered connection is held, so that its id cannot be reused by another object
-    while it is remembered. `items` maps `id(conn)` to `conn`; `order` keeps the ids in the
-    order they came, so forgetting the oldest is O(1) (deleting the first key of a dict over
-    and over is not: `next(iter(d))` scans the deleted slots).
+    It holds between `limit` and `2 * limit` connections: when an addition passes twice the
+    limit, all but the newest `limit` are forgotten at once. That keeps an addition O(1)
+    amortised with nothing kept beside the dict (forgetting the first key of a dict one at a
+    time is not O(1): `next(iter(d))` scans the deleted slots). Holding the connections keeps
+    their identities from being reused while they are remembered.
     """
 
-    __slots__ = ("_limit", "items", "order")
+    __slots__ = ("_limit", "items")
 
     def __init__(self, limit: int) -> None:
-        self.items: dict[int, Conn] = {}
-        self.order: deque[int] = deque()
+        self.items: dict[Conn, None] = {}
         self._limit = limit
 
     def add(self, conn: Conn) -> None:
-        key = id(conn)
-        self.items[key] = conn
-        self.order.append(key)
+        self.items[conn] = None
         self.trim()
 
     def trim(self) -> None:
-        """Forgets the oldest beyond the limit (`_drain` adds inline, then trims once)."""
-        order = self.order
+        """Forgets the oldest once past twice the limit (`_drain` adds inline, then trims)."""
         items = self.items
-        while len(order) > self._limit:
-            items.pop(order.popleft(), None)
+        if len(items) > 2 * self._limit:
+            newest = list(items)[-self._limit :]
+            items.clear()
+            items.update(dict.fromkeys(newest))
 
     def __contains__(self, conn: object) -> bool:
-        return self.items.get(id(conn)) is conn
+        return conn in self.items
 
     def discard(self, conn: Conn) -> bool:
         """Forgets `conn`; True if it was remembered."""
-        if self.items.get(id(conn)) is conn:
-            del self.items[id(conn)]
-            return True
-        return False
+        return self.items.pop(conn, False) is None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -376,20 +372,17 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         add_conn = self._table.add_conn
         remove_conn = self._table.remove_conn
         ended = self._ended.items
-        ended_order = self._ended.order.append
         popleft = items.popleft
         while items:
             connected, conn = popleft()
             try:
                 if connected:
-                    if ended and ended.get(id(conn)) is conn:
+                    if ended and conn in ended:
                         self._ignore("connected after its disconnected", conn)
                     elif not add_conn(conn, now):
                         self._ignore("duplicate connected", conn)
                 elif remove_conn(conn):
-                    key = id(conn)
-                    ended[key] = conn
-                    ended_order(key)
+                    ended[conn] = None
                 else:
                     self._unknown_disconnect(conn)
             except Exception:
@@ -405,8 +398,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     def _unknown_disconnect(self, conn: Conn) -> None:
         if self._unconfirmed and self._unconfirmed.discard(conn):
             return  # the host confirming a close we made: expected
+        self._ended.add(conn)  # an unhashable one raises here: `_drain` counts it once
         self._ignore("disconnected for an unknown connection", conn)
-        self._ended.add(conn)
 
     def _check_high_water(self) -> None:
         cfg = self._config
