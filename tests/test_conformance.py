@@ -1,4 +1,4 @@
-"""The behaviour checklist (CONFORMANCE.md), on asyncio and trio, with a fake clock.
+"""The behaviour checklist, item by item, on asyncio and trio, with a fake clock.
 
 Each test names the checklist item it pins down. Decaying tags (items 20, 27 and the decay
 half of 28) are in test_decay.py.

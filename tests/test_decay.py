@@ -1,4 +1,4 @@
-"""Decaying tags (CONFORMANCE.md items 20, 27, 28), driven tick by tick with a FakeClock."""
+"""Decaying tags (checklist items 20, 27, 28), driven tick by tick with a FakeClock."""
 
 from __future__ import annotations
 
