@@ -48,8 +48,9 @@ hands over; they hash in Python), else short strs; ``--peer-ids`` chooses. Every
 gets the same objects. Every manager is given ``high_water = N`` so that the background
 trimmer never starts in the middle of a measurement; explicit trims ignore high water (they
 trim whatever exceeds low water), so M3 and M5 choose the victims that the workload's
-marks (low N/2, high 3N/4) call for. The cyclic GC is paused inside the timed sections (as ``timeit`` does), and the
-contenders take turns within each repetition, so that drift on a shared machine hits all.
+marks (low N/2, high 3N/4) call for. The cyclic GC is paused inside the timed sections (as
+``timeit`` does), and the contenders take turns within each repetition, so that drift on a
+shared machine hits all.
 """
 
 from __future__ import annotations
