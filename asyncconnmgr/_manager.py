@@ -23,6 +23,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Final
 
 import anyio
@@ -59,6 +60,13 @@ _REMEMBERED_CLOSES: Final = 65_536
 #: How many ended connections (reported disconnected, or closed by a trim) are remembered, so
 #: that a late or repeated `connected` for the same connection object does not resurrect it.
 _REMEMBERED_ENDED: Final = 16_384
+
+
+#: The manager whose trim is running the current task's `conn.close()`, if any: `aclose()`
+#: called from inside such a close must not wait for the trim it is part of.
+_CLOSE_IN_PROGRESS: ContextVar[ConnManager | None] = ContextVar(
+    "asyncconnmgr_close_in_progress", default=None
+)
 
 
 class _Remembered:
@@ -322,7 +330,12 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         no background task is left (a background trim in flight finishes its started closes,
         each bounded by `close_timeout`). Later notifications are counted and ignored, and
         `trim_open_conns()` raises `ManagerClosedError`.
+
+        Called from inside a connection's `close()` that a trim of this manager is running,
+        it stops everything the same way but does not wait for the trim: that close is part
+        of it, and waiting would never end.
         """
+        inside_own_close = _CLOSE_IN_PROGRESS.get() is self
         if self._state == _NEW:
             self._drain()
             self._queue.closed = True
@@ -331,13 +344,19 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         assert self._closed_event is not None
         assert self._background_done is not None
         if self._state != _RUNNING:
-            await self._closed_event.wait()
+            if inside_own_close:
+                await anyio.lowlevel.checkpoint()
+            else:
+                await self._closed_event.wait()
             return
         self._state = _CLOSING
         try:
             self._drain()
             if self._background_scope is not None:
                 self._background_scope.cancel()
+            if inside_own_close:
+                await anyio.lowlevel.checkpoint()
+                return
             with anyio.CancelScope(shield=True):
                 await self._background_done.wait()
                 # An explicit trim in flight starts no new close from now on (see
@@ -687,12 +706,15 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     async def _close_one(self, conn: Conn, closing: _Closing, progress: _Progress) -> None:
         closed = False
+        token = _CLOSE_IN_PROGRESS.set(self)
         with closing.scope:
             try:
                 await conn.close()
                 closed = True
             except Exception:
                 logger.warning("asyncconnmgr: closing %r failed", conn, exc_info=True)
+            finally:
+                _CLOSE_IN_PROGRESS.reset(token)
         closing.done = True
         if closing.scope.cancelled_caught:
             closed = False

@@ -1004,3 +1004,29 @@ async def test_aclose_twice_concurrently() -> None:
     manager.notifee().disconnected(hung)
     assert manager.get_info().ignored_notifications == 1
     assert_holds(manager, [hung, other])
+
+
+async def test_aclose_called_from_inside_a_close() -> None:
+    clock = FakeClock()
+    manager = ConnManager(low_water=0, high_water=2, grace_period=0, clock=clock)
+    closers: list[FakeConn] = []
+
+    async def close_the_manager(conn: FakeConn) -> None:
+        closers.append(conn)
+        await manager.aclose()
+
+    with anyio.fail_after(10):  # a guard against the deadlock this test is about
+        async with manager:
+            notifiee = manager.notifee()
+            conns = [
+                FakeConn(f"p{i}", notifiee=notifiee, on_close=close_the_manager) for i in range(3)
+            ]
+            for conn in conns:
+                notifiee.connected(conn)
+            await manager.flush()
+            await settle()
+            assert manager.get_info().closed
+    assert closers  # the background trim ran the closes, and they closed the manager
+    assert all(conn.close_calls <= 1 for conn in conns)
+    with pytest.raises(ManagerClosedError):
+        await manager.trim_open_conns()
