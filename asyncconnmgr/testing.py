@@ -25,6 +25,9 @@ from .abc import Direction, Notifiee
 
 __all__ = ["FakeClock", "FakeConn", "settle"]
 
+#: How many rounds of the asyncio loop `settle()` waits for it to go idle before giving up.
+_SETTLE_ROUNDS = 100_000
+
 
 @attrs.define(eq=False)
 class FakeClock:
@@ -76,7 +79,7 @@ async def settle() -> None:
         await anyio.wait_all_tasks_blocked()
         return
     me = asyncio.current_task()
-    while True:
+    for _ in range(_SETTLE_ROUNDS):
         await asyncio.sleep(0)
         if getattr(loop, "_ready", None):
             continue
@@ -86,6 +89,7 @@ async def settle() -> None:
                 break
         else:
             return
+    raise RuntimeError("settle(): the event loop never went idle (a task never blocks)")
 
 
 CloseHook = Callable[["FakeConn"], Awaitable[None]]

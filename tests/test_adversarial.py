@@ -10,50 +10,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import tracemalloc
 from collections.abc import Hashable
 
-import anyio
 import pytest
-import sniffio
 
 from asyncconnmgr import ConnManager, Direction, bump_sum_unbounded, decay_none
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
+from .util import task_ids
+
 pytestmark = pytest.mark.anyio
-
-
-async def settled() -> None:
-    """Waits until every other task is blocked and nothing is scheduled to run.
-
-    `testing.settle()` (anyio's `wait_all_tasks_blocked`) is exact on trio. On asyncio it
-    can return while the waiters of a task that just finished are still to be woken (their
-    done-callbacks are queued in the loop), and it polls with real 0.1 s sleeps; so on
-    asyncio this yields until the loop has no ready callback and every task waits on an
-    unfinished future.
-    """
-    if sniffio.current_async_library() != "asyncio":
-        await settle()
-        return
-    loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    for _ in range(100_000):
-        await asyncio.sleep(0)
-        if loop._ready:  # type: ignore[attr-defined]
-            continue
-        for task in asyncio.all_tasks():
-            waiter = task._fut_waiter  # type: ignore[attr-defined]
-            if task is not me and (waiter is None or waiter.done()):
-                break
-        else:
-            return
-    raise AssertionError("the event loop never settled")
-
-
-def task_ids() -> set[int]:
-    return {task.id for task in anyio.get_running_tasks()}
 
 
 # --- an inbound flood --------------------------------------------------------------------------
@@ -112,7 +80,7 @@ async def test_inbound_flood_cannot_close_protected_or_in_grace_peers() -> None:
             host_peer(peer, Direction.INBOUND)
         await manager.flush()
         clock.advance(GRACE * 4)
-        await settled()
+        await settle()
         assert manager.get_info().trims == 0
 
         for wave in range(WAVES):
@@ -123,7 +91,7 @@ async def test_inbound_flood_cannot_close_protected_or_in_grace_peers() -> None:
                 conn = FakeConn(peer, num_streams=i % 2, notifiee=notifiee)
                 attackers[peer] = conn
                 notifiee.connected(conn)
-            await settled()
+            await settle()
             # The trimmer woke at once, but every attacker is in grace and the host's peers
             # are fewer than low water: nothing may be closed.
             assert manager.get_info().conn_count > HIGH
@@ -131,17 +99,17 @@ async def test_inbound_flood_cannot_close_protected_or_in_grace_peers() -> None:
 
             # A real newcomer arrives late in the attackers' grace period.
             clock.advance(GRACE - 5)
-            await settled()
+            await settle()
             newcomer: Hashable = ("newcomer", wave)
             host_peer(newcomer, Direction.INBOUND)
             in_grace.add(newcomer)
-            await settled()
+            await settle()
             assert closed_host_peers() == []
 
             # The attackers' grace ends: the trimmer brings eligible connections back to low
             # water, closing attackers (value 0, youngest) before any of the host's peers.
             clock.advance(5 + SILENCE)
-            await settled()
+            await settle()
             await manager.flush()
             assert closed_host_peers() == [], "a host peer was closed during a flood"
             now = clock.now()
@@ -164,7 +132,7 @@ async def test_inbound_flood_cannot_close_protected_or_in_grace_peers() -> None:
             # peer like the others.
             in_grace.discard(newcomer)
             clock.advance(GRACE)
-            await settled()
+            await settle()
             assert closed_host_peers() == []
         for peer in protected | in_grace | valued:
             assert manager.get_tag_info(peer) is not None
@@ -193,7 +161,7 @@ async def test_tagging_millions_of_never_connected_peers_is_reaped() -> None:
         manager.tag_peer("host-peer", "dht", 7)
         notifiee.connected(host)
         await manager.flush()
-        await settled()
+        await settle()
 
         gc.collect()
         tracemalloc.start()
@@ -213,12 +181,12 @@ async def test_tagging_millions_of_never_connected_peers_is_reaped() -> None:
                 assert info.trims == 0
 
                 clock.advance(GRACE / 2)
-                await settled()
+                await settle()
                 friend = FakeConn("early-friend")
                 notifiee.connected(friend)
                 await manager.flush()
                 clock.advance(GRACE / 2 + 1)
-                await settled()
+                await settle()
 
                 info = manager.get_info()
                 assert info.temporary_count == 0, "temporary entries were not reaped"
@@ -235,7 +203,7 @@ async def test_tagging_millions_of_never_connected_peers_is_reaped() -> None:
 
                 notifiee.disconnected(friend)
                 await manager.flush()
-                await settled()
+                await settle()
                 gc.collect()
                 grown = tracemalloc.get_traced_memory()[0] - baseline
                 assert grown < MEMORY_BOUND, (

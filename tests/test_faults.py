@@ -1,14 +1,13 @@
 """The fault matrix: one test per fault, each checking the state the fault leaves behind.
 
 Every test runs on asyncio and trio with a `FakeClock`; "later" always means `clock.advance`
-followed by `settled()`, never a real sleep. After each fault the test checks the counters
+followed by `settle()`, never a real sleep. After each fault the test checks the counters
 (`get_info()`), the peers (`get_tag_info()`), which connections were closed and how often,
 and the table's own invariants (`_check_invariants()`), not merely that nothing raised.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
-import sniffio
 
 from asyncconnmgr import (
     ConnManager,
@@ -31,43 +29,14 @@ from asyncconnmgr import (
 from asyncconnmgr.abc import Notifiee
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
+from .util import task_ids
+
 pytestmark = pytest.mark.anyio
 
 
 # --- helpers ---------------------------------------------------------------------------------
 
 CLOSE_TIMEOUT = 5.0
-
-
-async def settled() -> None:
-    """Waits until every other task is blocked and nothing is scheduled to run.
-
-    `testing.settle()` (anyio's `wait_all_tasks_blocked`) is exact on trio. On asyncio it
-    can return while the waiters of a task that just finished are still to be woken (their
-    done-callbacks are queued in the loop), and it polls with real 0.1 s sleeps; so on
-    asyncio this yields until the loop has no ready callback and every task waits on an
-    unfinished future.
-    """
-    if sniffio.current_async_library() != "asyncio":
-        await settle()
-        return
-    loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    for _ in range(100_000):
-        await asyncio.sleep(0)
-        if loop._ready:  # type: ignore[attr-defined]
-            continue
-        for task in asyncio.all_tasks():
-            waiter = task._fut_waiter  # type: ignore[attr-defined]
-            if task is not me and (waiter is None or waiter.done()):
-                break
-        else:
-            return
-    raise AssertionError("the event loop never settled")
-
-
-def task_ids() -> set[int]:
-    return {task.id for task in anyio.get_running_tasks()}
 
 
 #: A real-time bound on each test, so that a defect shows as a failure rather than a hang.
@@ -247,16 +216,16 @@ async def test_close_that_hangs_past_close_timeout() -> None:
         async with anyio.create_task_group() as tg:
             with releasing(clock):
                 tg.start_soon(trim)
-                await settled()
+                await settle()
                 # The quick close is not held up by the hung one.
                 assert quick.closed
                 assert not results
                 assert manager.get_info().closing_count == 1
                 clock.advance(CLOSE_TIMEOUT - 0.5)
-                await settled()
+                await settle()
                 assert not results, "the close was abandoned before close_timeout"
                 clock.advance(0.5)
-                await settled()
+                await settle()
                 assert results, "the close was not abandoned at close_timeout"
 
         (result,) = results
@@ -281,7 +250,7 @@ async def test_close_that_reports_disconnected_synchronously() -> None:
 
         result = await manager.trim_open_conns()
         await manager.flush()
-        await settled()
+        await settle()
 
         assert (result.closed, result.failed) == (2, 0)
         assert victim.closed
@@ -306,13 +275,13 @@ async def test_close_that_reports_disconnected_and_yields_before_returning() -> 
 
         async def report_then_yield(conn: FakeConn) -> None:
             notifiee.disconnected(conn)
-            await settled()
+            await settle()
             assert not manager.get_info().queued_notifications
 
         victim = FakeConn("victim", on_close=report_then_yield)
         await connect(manager, victim)
         result = await manager.trim_open_conns()
-        await settled()
+        await settle()
         assert (result.closed, result.failed) == (1, 0)
         assert_holds(manager, [])
         info = manager.get_info()
@@ -327,7 +296,7 @@ async def test_close_that_reports_disconnected_then_raises() -> None:
         victim.on_close = reporting(manager.notifee(), then=fail)
         await connect(manager, victim)
         result = await manager.trim_open_conns()
-        await settled()
+        await settle()
         assert (result.closed, result.failed) == (0, 1)
         assert_holds(manager, [])
         info = manager.get_info()
@@ -476,13 +445,13 @@ async def test_connected_queued_before_an_early_tag_expires_keeps_the_tag() -> N
         clock = FakeClock()
         async with running(clock, grace_period=10) as manager:
             manager.tag_peer("early", "t", 5)
-            await settled()
+            await settle()
             clock.advance(9.5)
-            await settled()
+            await settle()
             conn = FakeConn("early")
             manager.notifee().connected(conn)  # queued, not applied yet
             clock.advance(1)  # the early tag's expiry passes
-            await settled()
+            await settle()
             info = manager.get_tag_info("early")
             assert info is not None
             assert not info.temporary
@@ -588,7 +557,7 @@ async def test_decay_function_that_raises() -> None:
 
         for tick in range(1, 4):
             clock.advance(1)
-            await settled()
+            await settle()
             assert decaying_value(manager, "good", "flaky") == 10 - tick
             assert decaying_value(manager, "bad", "flaky") == 10, "a failed decay changed it"
             assert manager.get_info().decay_failures == tick
@@ -599,7 +568,7 @@ async def test_decay_function_that_raises() -> None:
         # Once the function copes again, the value decays again.
         poisoned.clear()
         clock.advance(1)
-        await settled()
+        await settle()
         assert decaying_value(manager, "bad", "flaky") == 9
         assert manager.get_info().decay_failures == 3
 
@@ -617,7 +586,7 @@ async def test_decay_function_that_returns_garbage() -> None:
         tag.bump("p", 5)
         for tick in range(1, 5):
             clock.advance(1)
-            await settled()
+            await settle()
             assert decaying_value(manager, "p", "junk") == 5
             assert manager.get_info().decay_failures == tick
             manager._check_invariants()
@@ -645,7 +614,7 @@ async def test_decay_function_that_calls_back_into_the_manager() -> None:
             tags["busy"].bump(peer, 10)
 
         clock.advance(1)
-        await settled()
+        await settle()
 
         assert decaying_value(manager, "a", "busy") is None
         assert decaying_value(manager, "b", "busy") == 9
@@ -678,7 +647,7 @@ async def test_decay_function_that_closes_its_own_tag() -> None:
         tag.bump("a", 5)
         tag.bump("b", 6)
         clock.advance(1)
-        await settled()
+        await settle()
         for peer in ("a", "b"):
             info = manager.get_tag_info(peer)
             assert info is not None
@@ -767,12 +736,12 @@ async def test_trim_cancelled_half_way() -> None:
         async with anyio.create_task_group() as tg:
             with releasing(clock, gate):
                 tg.start_soon(trim, scope)
-                await settled()
+                await settle()
                 tg.start_soon(join)
-                await settled()
+                await settle()
                 assert gate.started == conns[:2]
                 scope.cancel()
-                await settled()
+                await settle()
                 # The two closes already started are shielded: they run to their end.
                 assert not outcome
                 assert gate.cancelled == []
@@ -819,7 +788,7 @@ async def test_aclose_during_a_background_trim() -> None:
     async with guarded(manager, clock, gate):
         ranked(manager, conns)
         await connect(manager, *conns)  # above high water: a background trim starts
-        await settled()
+        await settle()
         assert gate.started == conns[:2]
         assert manager.get_info().closing_count == 4
 
@@ -830,7 +799,7 @@ async def test_aclose_during_a_background_trim() -> None:
         async with anyio.create_task_group() as tg:
             with releasing(clock, gate):
                 tg.start_soon(close_manager)
-                await settled()
+                await settle()
                 # aclose() waits for the closes already started, and starts no other.
                 assert not returned
                 assert gate.started == conns[:2]
@@ -865,12 +834,12 @@ async def test_aclose_during_a_trim_applies_what_its_closes_report() -> None:
     refuses = FakeConn("refuses", on_close=report_after_gate)
     async with guarded(manager, clock, gate):
         await connect(manager, fine, refuses)
-        await settled()
+        await settle()
         assert len(gate.started) == 2
         async with anyio.create_task_group() as tg:
             with releasing(clock, gate):
                 tg.start_soon(manager.aclose)
-                await settled()
+                await settle()
                 gate.released.set()
     assert_holds(manager, [])
     info = manager.get_info()
@@ -907,14 +876,14 @@ async def test_aclose_during_an_explicit_trim() -> None:
         async with anyio.create_task_group() as tg:
             with releasing(clock, gate):
                 tg.start_soon(trim)
-                await settled()
+                await settle()
                 assert gate.started == conns[:1]
                 tg.start_soon(close_manager)
-                await settled()
+                await settle()
                 # aclose() waits for the close in progress (it is bounded by close_timeout)...
                 assert not returned
                 gate.released.set()
-                await settled()
+                await settle()
                 # ...and once it has returned, the manager starts no other close.
                 assert returned
                 assert gate.started == conns[:1], "a close started during or after aclose()"
@@ -984,16 +953,16 @@ async def test_aclose_twice_concurrently() -> None:
 
     async with guarded(manager, clock):
         await connect(manager, hung, other)  # a background trim starts; both closes hang
-        await settled()
+        await settle()
         assert manager.get_info().closing_count == 2
         async with anyio.create_task_group() as tg:
             with releasing(clock):
                 tg.start_soon(close_manager, 1)
                 tg.start_soon(close_manager, 2)
-                await settled()
+                await settle()
                 assert not returned, "aclose() returned while closes were running"
                 clock.advance(CLOSE_TIMEOUT)
-                await settled()
+                await settle()
                 assert sorted(returned) == [1, 2]
         await manager.aclose()  # a third call returns at once
     info = manager.get_info()

@@ -29,7 +29,6 @@ trimmer brought the table down, then `aclose()`: nothing left running.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,7 +39,6 @@ import anyio.abc
 import anyio.lowlevel
 import attrs
 import pytest
-import sniffio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -57,6 +55,8 @@ from asyncconnmgr import (
     Victim,
 )
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
+
+from .util import task_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -653,7 +653,7 @@ class Harness:
     async def quiesce(self) -> None:
         """Lets everything run; closes that hang are cut by moving the clock."""
         for _ in range(100):
-            await settled()
+            await settle()
             if self.trims_running or self.manager.get_info().closing_count:
                 self.clock.advance(CLOSE_TIMEOUT)
                 continue
@@ -876,37 +876,6 @@ class Harness:
             eligible = self.model.eligible_conns(self.now())
             failing = [conn for conn in eligible if conn.behaviour == "raise_always"]
             assert len(eligible) - len(failing) <= self.cfg.low, "the trimmer fell behind"
-
-
-async def settled() -> None:
-    """Waits until every other task is blocked and nothing is scheduled to run.
-
-    `testing.settle()` (anyio's `wait_all_tasks_blocked`) is exact on trio. On asyncio it
-    can return while the waiters of a task that just finished are still to be woken (their
-    done-callbacks are queued in the loop), and it polls with real 0.1 s sleeps; so on
-    asyncio this yields until the loop has no ready callback and every task waits on an
-    unfinished future.
-    """
-    if sniffio.current_async_library() != "asyncio":
-        await settle()
-        return
-    loop = asyncio.get_running_loop()
-    me = asyncio.current_task()
-    for _ in range(100_000):
-        await asyncio.sleep(0)
-        if loop._ready:  # type: ignore[attr-defined]
-            continue
-        for task in asyncio.all_tasks():
-            waiter = task._fut_waiter  # type: ignore[attr-defined]
-            if task is not me and (waiter is None or waiter.done()):
-                break
-        else:
-            return
-    raise AssertionError("the event loop never settled")
-
-
-def task_ids() -> set[int]:
-    return {task.id for task in anyio.get_running_tasks()}
 
 
 async def run_model(cfg: Config, ops: list[Op]) -> None:

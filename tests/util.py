@@ -28,6 +28,11 @@ def open_conns(
     return conns
 
 
+def task_ids() -> set[int]:
+    """The ids of the tasks running now (to check that none is left behind)."""
+    return {task.id for task in anyio.get_running_tasks()}
+
+
 async def applied(manager: ConnManager) -> None:
     """Lets the manager apply every notification and run its tasks until they all wait."""
     await manager.flush()
