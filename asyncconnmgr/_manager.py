@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Final
@@ -70,32 +70,44 @@ _CLOSE_IN_PROGRESS: ContextVar[ConnManager | None] = ContextVar(
 
 
 class _Remembered:
-    """A bounded set of connections, by the connection object; the oldest go first.
+    """A bounded set of connections, by the connection object; once full, the oldest go first.
 
-    It holds between `limit` and `2 * limit` connections: when an addition passes twice the
-    limit, all but the newest `limit` are forgotten at once. That keeps an addition O(1)
-    amortised with nothing kept beside the dict (forgetting the first key of a dict one at a
-    time is not O(1): `next(iter(d))` scans the deleted slots). Holding the connections keeps
-    their identities from being reused while they are remembered.
+    `items` is the set (a dict: membership is one lookup, and `_drain` adds to it inline);
+    `_ring` holds the same connections in the order they came, `limit` at most, and every
+    addition beyond the limit overwrites the oldest slot and forgets that connection. So an
+    addition is O(1) and, once full, the memory held stays the same however many connections
+    pass through. Holding the connections keeps their identities from being reused while
+    they are remembered.
     """
 
-    __slots__ = ("_limit", "items")
+    __slots__ = ("_limit", "_next", "_ring", "items")
 
     def __init__(self, limit: int) -> None:
         self.items: dict[Conn, None] = {}
+        self._ring: list[Conn] = []
         self._limit = limit
+        self._next = 0
 
     def add(self, conn: Conn) -> None:
         self.items[conn] = None
-        self.trim()
+        self.track((conn,))
 
-    def trim(self) -> None:
-        """Forgets the oldest once past twice the limit (`_drain` adds inline, then trims)."""
+    def track(self, conns: Iterable[Conn]) -> None:
+        """Records the arrival order of connections already put in `items`."""
+        ring = self._ring
         items = self.items
-        if len(items) > 2 * self._limit:
-            newest = list(items)[-self._limit :]
-            items.clear()
-            items.update(dict.fromkeys(newest))
+        limit = self._limit
+        at = self._next
+        for conn in conns:
+            if len(ring) < limit:
+                ring.append(conn)
+                continue
+            oldest = ring[at]
+            if oldest is not conn:
+                items.pop(oldest, None)
+            ring[at] = conn
+            at = at + 1 if at + 1 < limit else 0
+        self._next = at
 
     def __contains__(self, conn: object) -> bool:
         return conn in self.items
@@ -391,6 +403,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         add_conn = self._table.add_conn
         remove_conn = self._table.remove_conn
         ended = self._ended.items
+        ended_now: list[Conn] = []
         popleft = items.popleft
         while items:
             connected, conn = popleft()
@@ -402,12 +415,14 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                         self._ignore("duplicate connected", conn)
                 elif remove_conn(conn):
                     ended[conn] = None
+                    ended_now.append(conn)
                 else:
                     self._unknown_disconnect(conn)
             except Exception:
                 self._ignored += 1
                 logger.exception("asyncconnmgr could not apply a notification for %r", conn)
-        self._ended.trim()
+        if ended_now:
+            self._ended.track(ended_now)
         self._check_high_water()
 
     def _ignore(self, why: str, conn: Conn) -> None:

@@ -167,8 +167,8 @@ SILENT_ROUNDS = 30  # 180,000 closes: a few times any sane bound on what is reme
 async def test_trims_whose_disconnected_never_comes_stay_correct_and_bounded() -> None:
     # A host may never report the closes the manager makes; the manager then remembers the
     # connections it closed, so that a late report is recognised. That memory is bounded:
-    # past twice its limit the oldest are forgotten in bulk, and the trims go on closing
-    # exactly what they should.
+    # past its limit the oldest are forgotten, one for each new one, and the trims go on
+    # closing exactly what they should.
     clock = FakeClock()
     manager = ConnManager(
         low_water=0, high_water=10 * SILENT_ROUND, grace_period=0, close_concurrency=64, clock=clock
@@ -185,9 +185,9 @@ async def test_trims_whose_disconnected_never_comes_stay_correct_and_bounded() -
             assert all(conn.close_calls == 1 for conn in conns)
             info = manager.get_info()
             assert (info.conn_count, info.peer_count, info.ignored_notifications) == (0, 0, 0)
-            assert len(manager._unconfirmed) <= 2 * _REMEMBERED_CLOSES
-            assert len(manager._ended) <= 2 * _REMEMBERED_ENDED
-        assert SILENT_ROUNDS * SILENT_ROUND > 2 * _REMEMBERED_CLOSES  # the limit was reached
+            assert len(manager._unconfirmed) <= _REMEMBERED_CLOSES
+            assert len(manager._ended) <= _REMEMBERED_ENDED
+        assert SILENT_ROUNDS * SILENT_ROUND > 2 * _REMEMBERED_CLOSES  # well past the limit
         manager._check_invariants()
 
 
