@@ -21,9 +21,10 @@ import logging
 import math
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from itertools import repeat
 from typing import Final
 
 import anyio
@@ -69,6 +70,11 @@ _CLOSE_IN_PROGRESS: ContextVar[ConnManager | None] = ContextVar(
 )
 
 
+def _consume(iterator: Iterator[object]) -> None:
+    """Runs an iterator to its end, in C, keeping nothing."""
+    deque(iterator, maxlen=0)
+
+
 class _Remembered:
     """A bounded set of connections, by the connection object; once full, the oldest go first.
 
@@ -89,31 +95,45 @@ class _Remembered:
         self._next = 0
 
     def add(self, conn: Conn) -> None:
-        self.items[conn] = None
-        self.track((conn,))
+        if conn not in self.items:  # each connection has at most one slot in the ring
+            self.items[conn] = None
+            self.track((conn,))
 
-    def track(self, conns: Iterable[Conn]) -> None:
-        """Records the arrival order of connections already put in `items`."""
+    def track(self, conns: Sequence[Conn]) -> None:
+        """Records the arrival order of connections just put in `items` (none of them was
+        there before, so no connection holds two slots).
+
+        Works on slices, with the per-connection work in C (`map`, `dict.fromkeys`): this runs
+        for every `disconnected` the host reports.
+        """
         ring = self._ring
+        room = self._limit - len(ring)
+        if room > 0:
+            ring.extend(conns[:room])
+            conns = conns[room:]
         items = self.items
-        limit = self._limit
         at = self._next
-        for conn in conns:
-            if len(ring) < limit:
-                ring.append(conn)
-                continue
-            oldest = ring[at]
-            if oldest is not conn:
-                items.pop(oldest, None)
-            ring[at] = conn
-            at = at + 1 if at + 1 < limit else 0
+        while conns:
+            chunk = conns[: self._limit - at]
+            end = at + len(chunk)
+            evicted = ring[at:end]
+            ring[at:end] = chunk
+            _consume(map(items.pop, evicted, repeat(None)))
+            items.update(dict.fromkeys(chunk))  # in case a connection was evicted and re-added
+            conns = conns[len(chunk) :]
+            at = end if end < self._limit else 0
         self._next = at
 
     def __contains__(self, conn: object) -> bool:
         return conn in self.items
 
     def discard(self, conn: Conn) -> bool:
-        """Forgets `conn`; True if it was remembered."""
+        """Forgets `conn`; True if it was remembered.
+
+        Its ring slot is left to be overwritten in turn: a connection discarded and then
+        added again could be forgotten early. The manager never does that (it discards only
+        confirmations of its own closes, and a closed connection is never closed again).
+        """
         return self.items.pop(conn, False) is None
 
     def __len__(self) -> int:
@@ -414,6 +434,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                     elif not add_conn(conn, now):
                         self._ignore("duplicate connected", conn)
                 elif remove_conn(conn):
+                    # Not remembered yet: an ended connection never gets back in the table.
                     ended[conn] = None
                     ended_now.append(conn)
                 else:
