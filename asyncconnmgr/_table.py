@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import heapq
 import operator
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -180,12 +180,6 @@ class PeerTable:
             entry = self._temp.get(peer)
         return entry
 
-    def peers(self) -> Iterator[PeerEntry]:
-        """The real entries (peers with at least one connection)."""
-        return iter(self._peers.values())
-
-    # -- connections ----------------------------------------------------------------------
-
     def add_conn(self, conn: Conn, now: float) -> bool:
         """Records an open connection; False (and no change) if it is already known.
 
@@ -243,9 +237,6 @@ class PeerTable:
     def has_conn(self, conn: Conn) -> bool:
         entry = self._peers.get(conn.remote_peer)
         return entry is not None and conn in entry.conn_times
-
-    def is_closing(self, conn: Conn) -> bool:
-        return conn in self._closing
 
     def mark_closing(self, conn: Conn) -> bool:
         """Takes a connection out of the counts while a trim closes it."""
@@ -452,10 +443,6 @@ class PeerTable:
             entry = self.lookup(peer)
             if entry is not None:
                 entry.value -= held.value
-
-    def decaying_value(self, tag: DecayingTag, peer: PeerId) -> DecayingValue | None:
-        schedule = self._schedules.get(tag.name)
-        return None if schedule is None else schedule.values.get(peer)
 
     def _schedule_of(self, tag: DecayingTag) -> DecaySchedule:
         schedule = self._schedules.get(tag.name)
