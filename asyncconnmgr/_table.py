@@ -180,6 +180,8 @@ class PeerTable:
             entry = self._temp.get(peer)
         return entry
 
+    # -- connections ----------------------------------------------------------------------
+
     def add_conn(self, conn: Conn, now: float) -> bool:
         """Records an open connection; False (and no change) if it is already known.
 
