@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from ._config import Config as Config
 from ._decay import BumpFn as BumpFn
 from ._decay import DecayFn as DecayFn
 from ._decay import DecayingTag as DecayingTag
@@ -17,23 +16,32 @@ from ._decay import decay_none as decay_none
 from ._errors import ConnManagerError as ConnManagerError
 from ._errors import LimitExceededError as LimitExceededError
 from ._errors import ManagerClosedError as ManagerClosedError
+from ._events import TrimSubscription as TrimSubscription
 from ._manager import ConnManager as ConnManager
+from ._models import OUTCOMES as OUTCOMES
+from ._models import TRIGGERS as TRIGGERS
+from ._models import CandidateConn as CandidateConn
 from ._models import ManagerInfo as ManagerInfo
+from ._models import PeerStatus as PeerStatus
 from ._models import TagInfo as TagInfo
 from ._models import TrimResult as TrimResult
 from ._models import Victim as Victim
 from ._null import NullConnManager as NullConnManager
 from ._policy import Candidate as Candidate
 from ._policy import DefaultPolicy as DefaultPolicy
+from ._policy import SortKeyTrimPolicy as SortKeyTrimPolicy
 from ._policy import TrimPolicy as TrimPolicy
+from ._policy import default_key as default_key
 from .abc import Direction as Direction
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
+    "OUTCOMES",
+    "TRIGGERS",
     "BumpFn",
     "Candidate",
-    "Config",
+    "CandidateConn",
     "ConnManager",
     "ConnManagerError",
     "DecayFn",
@@ -45,9 +53,12 @@ __all__ = [
     "ManagerClosedError",
     "ManagerInfo",
     "NullConnManager",
+    "PeerStatus",
+    "SortKeyTrimPolicy",
     "TagInfo",
     "TrimPolicy",
     "TrimResult",
+    "TrimSubscription",
     "Victim",
     "bump_overwrite",
     "bump_sum_bounded",
@@ -56,4 +67,5 @@ __all__ = [
     "decay_fixed",
     "decay_linear",
     "decay_none",
+    "default_key",
 ]

@@ -15,7 +15,16 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Config", "check_callable", "check_int", "check_seconds", "check_tag"]
+__all__ = [
+    "Config",
+    "check_callable",
+    "check_deadline",
+    "check_fraction",
+    "check_int",
+    "check_peer",
+    "check_seconds",
+    "check_tag",
+]
 
 
 def check_int(name: str, value: object, *, minimum: int | None = None) -> int:
@@ -47,6 +56,39 @@ def check_tag(name: str, value: object) -> str:
     return value
 
 
+def check_peer(value: object, name: str = "peer") -> None:
+    """A peer id is any hashable value except None."""
+    if value is None:
+        raise TypeError(f"{name} must be a hashable peer id, not None")
+    try:
+        hash(value)
+    except TypeError:
+        raise TypeError(f"{name} must be hashable, not {type(value).__name__}") from None
+
+
+def check_deadline(value: object) -> float | None:
+    """A deadline is a time on the manager's clock, or None; it may lie in the past."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"deadline must be a number or None, not {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError("deadline must not be NaN")
+    return float(value)
+
+
+def check_fraction(name: str, value: object, *, closed: bool = False) -> float:
+    """A number strictly between 0 and 1 (or within [0, 1] if `closed`)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    number = float(value)
+    inside = 0 <= number <= 1 if closed else 0 < number < 1
+    if not inside:
+        bounds = "between 0 and 1" if closed else "between 0 and 1 (exclusive)"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return number
+
+
 def check_callable(name: str, value: object) -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__}")
@@ -64,6 +106,9 @@ class Config:
     close_timeout: float
     close_concurrency: int
     decay_resolution: float
+    bounded_count: bool = False
+    ceiling: int | None = None
+    grace_budget: int | None = None
 
     @classmethod
     def build(
@@ -76,12 +121,32 @@ class Config:
         close_timeout: object,
         close_concurrency: object,
         decay_resolution: object,
+        bounded_count: object = False,
+        ceiling: object = None,
+        grace_budget: object = None,
     ) -> Config:
         low = check_int("low_water", low_water, minimum=0)
         high = check_int("high_water", high_water, minimum=0)
         if low > high:
             raise ValueError(f"low_water ({low}) must be <= high_water ({high})")
+        if type(bounded_count) is not bool:
+            raise TypeError(f"bounded_count must be a bool, not {type(bounded_count).__name__}")
+        hard: int | None = None
+        budget: int | None = None
+        if bounded_count:
+            hard = default_ceiling(low, high) if ceiling is None else check_int("ceiling", ceiling)
+            if hard < high:
+                raise ValueError(f"ceiling ({hard}) must be >= high_water ({high})")
+            budget = high - low if grace_budget is None else check_int("grace_budget", grace_budget)
+            if budget < 0:
+                raise ValueError(f"grace_budget must be >= 0, got {budget}")
+        elif ceiling is not None or grace_budget is not None:
+            name = "ceiling" if ceiling is not None else "grace_budget"
+            raise ValueError(f"{name} is a setting of the bounded count: pass bounded_count=True")
         return cls(
+            bounded_count=bounded_count,
+            ceiling=hard,
+            grace_budget=budget,
             low_water=low,
             high_water=high,
             grace_period=check_seconds("grace_period", grace_period),
@@ -95,3 +160,9 @@ class Config:
     def trimming_disabled(self) -> bool:
         """`low_water == high_water == 0` means "never trim", on purpose."""
         return self.high_water == 0
+
+
+def default_ceiling(low_water: int, high_water: int) -> int:
+    """High water plus half the band (at least one): the count a flood may reach before a
+    trim starts at once, whatever the silence period says."""
+    return high_water + max(1, (high_water - low_water) // 2)

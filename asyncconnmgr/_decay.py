@@ -18,16 +18,13 @@ The functions are pure as far as this module is concerned:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import attrs
 
-from ._config import check_int, check_seconds
+from ._config import check_fraction, check_int, check_seconds
 from ._errors import ManagerClosedError
 from .abc import PeerId
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "BumpFn",
@@ -82,10 +79,7 @@ def decay_fixed(minuend: int) -> DecayFn:
 
 def decay_linear(coef: float) -> DecayFn:
     """Multiplies by `coef` (0 < coef < 1) on every visit, rounding down; removes at 0 or less."""
-    if isinstance(coef, bool) or not isinstance(coef, (int, float)):
-        raise TypeError(f"coef must be a number, not {type(coef).__name__}")
-    if not 0 < coef < 1:
-        raise ValueError(f"coef must be between 0 and 1 (exclusive), got {coef!r}")
+    check_fraction("coef", coef)
 
     def decay(value: DecayingValue) -> tuple[int, bool]:
         after = int(value.value * coef)

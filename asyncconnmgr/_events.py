@@ -1,8 +1,13 @@
-"""The notifiee and the queue between the host and the manager's state.
+"""The hand-offs out of the manager's hands: the notifiee's queue, and trim subscriptions.
 
 The host's `connected`/`disconnected` calls only append to a deque and, if the consumer is
 asleep, wake it: they never block, never raise and never drop an event. The consumer (or
-`flush()`, or a trim) later applies the whole queue to the table in one synchronous batch.
+`flush()`, or a trim) later gives the whole queue to the ledger in one synchronous batch.
+What the notifications mean is the ledger's business (`_ledger.py`), not the queue's.
+
+A `TrimSubscription` is the other way out: the manager pushes every `TrimResult` into it
+synchronously, and a subscriber that falls behind loses the oldest, never slowing the
+manager.
 
 These two calls are the hottest path of the library (every connection of the host goes
 through them twice), so the notifiee appends to the deque itself and takes the slow path
@@ -13,14 +18,18 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.lowlevel
 
 if TYPE_CHECKING:
+    from ._models import TrimResult
     from .abc import Conn
 
-__all__ = ["CONNECTED", "DISCONNECTED", "EventQueue", "ManagerNotifiee"]
+__all__ = ["CONNECTED", "DISCONNECTED", "EventQueue", "ManagerNotifiee", "TrimSubscription"]
 
 logger = logging.getLogger("asyncconnmgr")
 
@@ -32,14 +41,15 @@ class EventQueue:
     """An unbounded FIFO of `(kind, conn)` with a wake-up for one waiting consumer.
 
     `needs_attention` is true while the queue is closed or a consumer waits: only then must
-    a producer go through `push` rather than append to `items` directly.
+    a producer go through `push` rather than append to `items` directly. Once closed, every
+    notification goes to `on_dropped` instead.
     """
 
-    __slots__ = ("_closed", "_waiter", "ignored_after_close", "items", "needs_attention")
+    __slots__ = ("_closed", "_waiter", "items", "needs_attention", "on_dropped")
 
-    def __init__(self) -> None:
+    def __init__(self, on_dropped: Callable[[Conn], None]) -> None:
         self.items: deque[tuple[bool, Conn]] = deque()
-        self.ignored_after_close = 0
+        self.on_dropped = on_dropped
         self.needs_attention = False
         self._closed = False
         self._waiter: anyio.Event | None = None
@@ -59,8 +69,7 @@ class EventQueue:
 
     def push(self, kind: bool, conn: Conn) -> None:
         if self._closed:
-            self.ignored_after_close += 1
-            logger.debug("notification after aclose() ignored: %r", conn)
+            self.on_dropped(conn)
             return
         self.items.append((kind, conn))
         waiter = self._waiter
@@ -110,3 +119,75 @@ class ManagerNotifiee:
 
     def __repr__(self) -> str:
         return "<ManagerNotifiee>"
+
+
+class TrimSubscription:
+    """The `TrimResult` of every trim that ends while subscribed, in order (see
+    `ConnManager.subscribe`).
+
+    Iterate it with `async for`; the iteration ends when the subscription or the manager
+    closes. It holds at most `max_buffer` results: when a new one arrives and it is full, the
+    oldest is dropped and counted in `lost`.
+    """
+
+    __slots__ = ("_buffer", "_closed", "_on_close", "_waiter", "lost")
+
+    def __init__(self, max_buffer: int, on_close: Callable[[TrimSubscription], None]) -> None:
+        self._buffer: deque[TrimResult] = deque(maxlen=max_buffer)
+        self._on_close = on_close
+        self._closed = False
+        self._waiter: anyio.Event | None = None
+        self.lost = 0
+
+    def push(self, result: TrimResult) -> None:
+        """Adds a result (sync, never blocks)."""
+        if self._closed:
+            return
+        buffer = self._buffer
+        if len(buffer) == buffer.maxlen:
+            self.lost += 1
+        buffer.append(result)
+        self._wake()
+
+    def close(self) -> None:
+        """Ends the iteration once the buffered results are read."""
+        if not self._closed:
+            self._closed = True
+            self._on_close(self)
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            waiter.set()
+
+    def __enter__(self) -> TrimSubscription:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> TrimSubscription:
+        return self
+
+    async def __anext__(self) -> TrimResult:
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            waiter = self._waiter = anyio.Event()
+            await waiter.wait()
+        await anyio.lowlevel.checkpoint()
+        return self._buffer.popleft()
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<TrimSubscription {state} buffered={len(self._buffer)} lost={self.lost}>"

@@ -1,44 +1,59 @@
-"""ConnManager: the async shell around the PeerTable.
+"""ConnManager: the async shell around the ledger, the table, the policy and the closer.
 
-The manager is the only part that awaits. It owns four background loops, each under a small
-supervisor, inside one task group for the life of `async with manager:`
+The manager is the only part that awaits and the only part that knows the lifecycle. For
+the life of `async with manager:` it owns one task group holding four background loops,
+each under a small supervisor, and the trim in flight:
 
-- the consumer applies queued notifications to the table and wakes the trimmer when the
-  count exceeds high water;
-- the trimmer starts background trims (never twice within `silence_period`);
+- the consumer hands queued notifications to the ledger and wakes the trimmer when the
+  count exceeds high water (or the ceiling);
+- the trimmer starts background trims (never twice within `silence_period`, except when the
+  count crosses the bounded count's ceiling);
 - the decayer visits decaying tags every `decay_resolution`;
 - the reaper removes temporary entries unused for the grace period.
 
-Background and explicit trims share one single-flight coordinator. A trim decides
-synchronously (plan, then mark the victims closing) and only then closes them, concurrently,
-each close shielded and bounded by `close_timeout`, so a close never runs while the state is
-being changed and a cancelled trim never abandons a half-closed connection.
+A trim is planned synchronously (candidates from the table, the order from the policy, the
+victims marked closing) and then flown as a task of the manager's group, which runs the
+closes through the closer. Callers of `trim_open_conns()` and the background trimmer *join*
+the flight: each with its own deadline and its own cancellation; the flight starts closes
+while at least one of them still wants it (see `trim_open_conns`). Every trim ends in a
+`TrimResult`, published to `last_trim_result`, to trim listeners and to subscribers.
+
+Layers (see docs/architecture.md): this module imports the closer, the ledger, the table,
+the policy and the queue; none of them imports this one.
 """
 
 from __future__ import annotations
 
+import enum
+import itertools
 import logging
-import math
 import sys
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
-from itertools import repeat
-from typing import Final
+from typing import Final, cast
 
 import anyio
 import anyio.lowlevel
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
-from ._clock import AnyioClock
-from ._config import Config, check_callable, check_int, check_seconds, check_tag
+from ._clock import AnyioClock, Wakeup, wait_until
+from ._closer import Closer, CloseRun
+from ._config import (
+    Config,
+    check_callable,
+    check_deadline,
+    check_int,
+    check_peer,
+    check_seconds,
+    check_tag,
+)
 from ._decay import BumpFn, DecayFn, DecayingTag
 from ._errors import LimitExceededError, ManagerClosedError
-from ._events import EventQueue, ManagerNotifiee
-from ._models import ManagerInfo, TagInfo, TrimResult
-from ._policy import DefaultPolicy, TrimPolicy
-from ._table import PeerTable, TrimPlan
+from ._events import EventQueue, ManagerNotifiee, TrimSubscription
+from ._ledger import Ledger
+from ._models import OUTCOMES, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
+from ._policy import DefaultPolicy, TrimPolicy, as_policy, reason_of
+from ._table import Candidates, Choice, PeerEntry, PeerTable
 from .abc import Clock, Conn, Notifiee, PeerId
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -48,164 +63,88 @@ __all__ = ["ConnManager"]
 
 logger = logging.getLogger("asyncconnmgr")
 
-_NEW: Final = "new"
-_RUNNING: Final = "running"
-_CLOSING: Final = "closing"
-_CLOSED: Final = "closed"
-
 #: How long a background loop waits before restarting after an unexpected exception.
 RESTART_BACKOFF: Final = 1.0
-#: How many connections closed by a trim are remembered so that the host's later
-#: `disconnected` for them is recognised rather than counted as unknown.
-_REMEMBERED_CLOSES: Final = 65_536
-#: How many ended connections (reported disconnected, or closed by a trim) are remembered, so
-#: that a late or repeated `connected` for the same connection object does not resurrect it.
-_REMEMBERED_ENDED: Final = 16_384
+#: A victim's outcome is the first of these that any of its connections had.
+_WORST_FIRST: Final = ("failed", "timed_out", "aborted", "spared", "not_started")
+_LEFT_THE_COUNTS: Final = frozenset({"closed", "aborted"})
 
 
-#: The manager whose trim is running the current task's `conn.close()`, if any: `aclose()`
-#: called from inside such a close must not wait for the trim it is part of.
-_CLOSE_IN_PROGRESS: ContextVar[ConnManager | None] = ContextVar(
-    "asyncconnmgr_close_in_progress", default=None
-)
-
-
-def _consume(iterator: Iterator[object]) -> None:
-    """Runs an iterator to its end, in C, keeping nothing."""
-    deque(iterator, maxlen=0)
-
-
-class _Remembered:
-    """A bounded set of connections, by the connection object; once full, the oldest go first.
-
-    `items` is the set (a dict: membership is one lookup, and `_drain` adds to it inline);
-    `_ring` holds the same connections in the order they came, `limit` at most, and every
-    addition beyond the limit overwrites the oldest slot and forgets that connection. So an
-    addition is O(1) and, once full, the memory held stays the same however many connections
-    pass through. Holding the connections keeps their identities from being reused while
-    they are remembered.
-    """
-
-    __slots__ = ("_limit", "_next", "_ring", "items")
-
-    def __init__(self, limit: int) -> None:
-        self.items: dict[Conn, None] = {}
-        self._ring: list[Conn] = []
-        self._limit = limit
-        self._next = 0
-
-    def add(self, conn: Conn) -> None:
-        if conn not in self.items:  # each connection has at most one slot in the ring
-            self.items[conn] = None
-            self.track((conn,))
-
-    def track(self, conns: Sequence[Conn]) -> None:
-        """Records the arrival order of connections just put in `items` (none of them was
-        there before, so no connection holds two slots).
-
-        Works on slices, with the per-connection work in C (`map`, `dict.fromkeys`): this runs
-        for every `disconnected` the host reports.
-        """
-        ring = self._ring
-        room = self._limit - len(ring)
-        if room > 0:
-            ring.extend(conns[:room])
-            conns = conns[room:]
-        items = self.items
-        at = self._next
-        while conns:
-            chunk = conns[: self._limit - at]
-            end = at + len(chunk)
-            evicted = ring[at:end]
-            ring[at:end] = chunk
-            _consume(map(items.pop, evicted, repeat(None)))
-            items.update(dict.fromkeys(chunk))  # in case a connection was evicted and re-added
-            conns = conns[len(chunk) :]
-            at = end if end < self._limit else 0
-        self._next = at
-
-    def __contains__(self, conn: object) -> bool:
-        return conn in self.items
-
-    def discard(self, conn: Conn) -> bool:
-        """Forgets `conn`; True if it was remembered.
-
-        Its ring slot is left to be overwritten in turn: a connection discarded and then
-        added again could be forgotten early. The manager never does that (it discards only
-        confirmations of its own closes, and a closed connection is never closed again).
-        """
-        return self.items.pop(conn, False) is None
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-class _Wakeup:
-    """A level-triggered, reusable wake-up for one waiting task; `set()` is sync."""
-
-    __slots__ = ("_event", "_pending", "waiting")
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-        self._pending = False
-        self.waiting = False
-
-    def set(self) -> None:
-        self._pending = True
-        if self._event is not None:
-            self._event.set()
-
-    async def wait(self) -> None:
-        if not self._pending:
-            event = self._event = anyio.Event()
-            self.waiting = True
-            try:
-                await event.wait()
-            finally:
-                self._event = None
-                self.waiting = False
-        else:
-            await anyio.lowlevel.checkpoint()
-        self._pending = False
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
 
 
 class _Flight:
-    """The trim in flight, which concurrent callers join."""
+    """The trim in flight, which callers join; see `ConnManager.trim_open_conns`.
 
-    __slots__ = ("done", "result")
+    `wants` counts the callers (and the background trimmer) still waiting for it; `bounded`
+    holds the deadlines of those that have one, `unbounded` how many have none. The run's
+    deadline is the latest a caller still wants.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = (
+        "bounded",
+        "choice",
+        "done",
+        "outcomes",
+        "previous_trim",
+        "reasons",
+        "result",
+        "run",
+        "started_at",
+        "target",
+        "temporary_removed",
+        "trigger",
+        "unbounded",
+        "values",
+        "wants",
+    )
+
+    def __init__(
+        self, trigger: str, run: CloseRun, choice: Choice, target: int, started_at: float
+    ) -> None:
+        self.trigger = trigger
+        self.run = run
+        self.choice = choice
+        self.target = target
+        self.started_at = started_at
         self.done = anyio.Event()
         self.result: TrimResult | None = None
+        self.outcomes: dict[Conn, str] = {}
+        self.wants = 0
+        self.unbounded = 0
+        self.bounded: list[float] = []
+        self.previous_trim: float | None = None
+        self.temporary_removed = 0
+        self.reasons: tuple[object, ...] = ()
+        self.values: tuple[int, ...] = ()  # each victim's value when it was chosen
 
+    def want(self, deadline: float | None) -> None:
+        self.wants += 1
+        if deadline is None:
+            self.unbounded += 1
+        else:
+            self.bounded.append(deadline)
+        self._update_deadline()
 
-class _Closing:
-    """One close in progress, watched for `close_timeout`."""
+    def leave(self, deadline: float | None) -> bool:
+        """One wanting party leaves; True if it was the last (the run then stops)."""
+        self.wants -= 1
+        if deadline is None:
+            self.unbounded -= 1
+        else:
+            self.bounded.remove(deadline)
+        if self.wants == 0:
+            self.run.stop()
+            return True
+        self._update_deadline()
+        return False
 
-    __slots__ = ("deadline", "done", "scope")
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.scope = anyio.CancelScope(shield=True)
-        self.done = False
-
-
-class _Progress:
-    __slots__ = ("closed", "failed", "started")
-
-    def __init__(self) -> None:
-        self.started = 0
-        self.closed = 0
-        self.failed = 0
-
-
-def _check_peer(peer: object) -> None:
-    if peer is None:
-        raise TypeError("peer must be a hashable peer id, not None")
-    try:
-        hash(peer)
-    except TypeError:
-        raise TypeError(f"peer must be hashable, not {type(peer).__name__}") from None
+    def _update_deadline(self) -> None:
+        self.run.deadline = None if self.unbounded or not self.bounded else max(self.bounded)
 
 
 class ConnManager(anyio.AsyncContextManagerMixin):
@@ -213,21 +152,33 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     When more than `high_water` connections are open, a background trim closes the least
     valuable peers until `low_water` eligible connections are left. Peers are valued by their
-    tags; protected peers and peers within `grace_period` of connecting are never closed.
+    tags; protected peers and peers within `grace_period` of connecting are never closed
+    (with the bounded count, only up to a budget of them: see below).
 
     Run it with `async with ConnManager(...) as manager:` (asyncio or trio), hand
     `manager.notifee()` to the host, and tag and protect peers from anywhere in the host. All
     times are seconds on `clock` (anyio's clock by default).
 
-    Arguments (keyword-only; a wrong type raises TypeError, a wrong value ValueError):
+    Arguments (keyword-only; a wrong type raises TypeError, a wrong value ValueError, naming
+    the argument):
         low_water, high_water: `0 <= low_water <= high_water`; `0, 0` disables trimming.
         grace_period: how long a newly connected peer is left alone (>= 0).
-        silence_period: the shortest time between the starts of two trims (> 0).
-        close_timeout: how long one close may take before it is abandoned (> 0).
+        silence_period: the shortest time between the starts of two background trims (> 0).
+        close_timeout: how long one close may take before it is cancelled, and the
+            connection aborted if it has an `abort()` (> 0).
         close_concurrency: how many closes run at once (>= 1).
         decay_resolution: the period of decaying-tag ticks (> 0).
         clock: an `asyncconnmgr.abc.Clock`; inject `testing.FakeClock` in tests.
-        policy: chooses the order of victims (`DefaultPolicy()` by default).
+        policy: orders the victims (`DefaultPolicy()` by default): an object with
+            `select(candidates, target, now)`, or a v0.1 one with `sort_key(candidate)`.
+        bounded_count: keep the count bounded while peers are in grace (default True):
+            peers in grace beyond `grace_budget` connections become candidates after every
+            other one, and a count above `ceiling` starts a trim at once. False gives the
+            reference behaviour (grace protects every new peer, however many).
+        ceiling: with the bounded count, the count that starts a trim at once (>= high
+            water; default high water plus half the band between the marks, at least 1).
+        grace_budget: with the bounded count, how many connections of peers in grace keep
+            their grace (>= 0; default `high_water - low_water`), the oldest first.
     """
 
     def __init__(
@@ -241,7 +192,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         close_concurrency: int = 64,
         decay_resolution: float = 60.0,
         clock: Clock | None = None,
-        policy: TrimPolicy | None = None,
+        policy: object = None,
+        bounded_count: bool = True,
+        ceiling: int | None = None,
+        grace_budget: int | None = None,
     ) -> None:
         self._config = Config.build(
             low_water=low_water,
@@ -251,6 +205,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             close_timeout=close_timeout,
             close_concurrency=close_concurrency,
             decay_resolution=decay_resolution,
+            bounded_count=bounded_count,
+            ceiling=ceiling,
+            grace_budget=grace_budget,
         )
         if clock is None:
             clock = AnyioClock()
@@ -258,57 +215,63 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep_until", None))
         ):
             raise TypeError("clock must have now() and async sleep_until(deadline) methods")
-        if policy is None:
-            policy = DefaultPolicy()
-        elif not callable(getattr(policy, "sort_key", None)):
-            raise TypeError("policy must have a sort_key(candidate) method")
+        self._policy: TrimPolicy = DefaultPolicy() if policy is None else as_policy(policy)
         self._clock: Clock = clock
         self._now = clock.now
-        self._policy: TrimPolicy = policy
-        self._table = PeerTable(self._config.grace_period)
-        self._queue = EventQueue()
+        cfg = self._config
+        self._table = PeerTable(cfg.grace_period, cfg.grace_budget)
+        self._ledger = Ledger(self._table)
+        self._queue = EventQueue(self._ledger.ignore_after_close)
         self._notifiee = ManagerNotifiee(self._queue)
-        self._state: str = _NEW
+        self._closer = Closer(clock, timeout=cfg.close_timeout, concurrency=cfg.close_concurrency)
+        self._state = _State.NEW
 
         self._last_trim: float | None = None
         self._grace_hold: float | None = None
+        self._ceiling_armed = True
         self._flight: _Flight | None = None
-        self._trim_wakeup = _Wakeup()
-        self._reaper_wakeup = _Wakeup()
+        self._trim_wakeup = Wakeup()
+        self._reaper_wakeup = Wakeup()
+        self._task_group: TaskGroup | None = None
         self._background_scope: anyio.CancelScope | None = None
         self._background_done: anyio.Event | None = None
         self._closed_event: anyio.Event | None = None
+        self._fatal: BaseException | None = None
 
-        # Closed by a trim, the host's `disconnected` not seen yet.
-        self._unconfirmed = _Remembered(_REMEMBERED_CLOSES)
-        # Known to be closed: a `connected` for one of these is stale.
-        self._ended = _Remembered(_REMEMBERED_ENDED)
-        self._trims = 0
-        self._closed_conns = 0
-        self._close_failures = 0
-        self._ignored = 0
+        self._last_result: TrimResult | None = None
+        self._subscriptions: list[TrimSubscription] = []
+        self._listeners: dict[int, Callable[[TrimResult], object]] = {}
+        self._listener_ids = itertools.count()
+        self._trims: dict[str, int] = {}
+        self._pruned: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self._pruned_peers = 0
         self._decay_failures = 0
+        self._listener_failures = 0
         self._loop_failures: dict[str, int] = {}
 
     def __repr__(self) -> str:
         cfg = self._config
         return (
-            f"<ConnManager {self._state} low_water={cfg.low_water} high_water={cfg.high_water} "
-            f"conns={self._table.conn_count} peers={self._table.peer_count}>"
+            f"<ConnManager {self._state.value} low_water={cfg.low_water} "
+            f"high_water={cfg.high_water} conns={self._table.conn_count} "
+            f"peers={self._table.peer_count}>"
         )
 
     # -- lifecycle ------------------------------------------------------------------------
 
     @asynccontextmanager
     async def __asynccontextmanager__(self) -> AsyncIterator[ConnManager]:
-        if self._state != _NEW:
-            raise RuntimeError(f"a ConnManager can be entered only once (it is {self._state})")
-        self._state = _RUNNING
+        if self._state is not _State.NEW:
+            raise RuntimeError(
+                f"a ConnManager can be entered only once (it is {self._state.value})"
+            )
+        self._state = _State.RUNNING
         self._closed_event = anyio.Event()
         self._background_done = anyio.Event()
         unwrapped: BaseException | None = None
         try:
             async with anyio.create_task_group() as tg:
+                self._task_group = tg
                 await tg.start(self._run_background)
                 try:
                     yield self
@@ -320,6 +283,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             if len(group.exceptions) != 1:
                 raise
             unwrapped = group.exceptions[0]
+        finally:
+            self._task_group = None
+        if self._fatal is not None:
+            fatal, self._fatal = self._fatal, None
+            raise fatal
         if unwrapped is not None:
             raise unwrapped
 
@@ -355,44 +323,54 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                 logger.exception("asyncconnmgr %s loop failed; restarting it", name)
                 await self._clock.sleep_until(self._clock.now() + RESTART_BACKOFF)
 
+    def _inside_own_close(self) -> bool:
+        """Whether the current task is running a close of this manager's trim in flight."""
+        flight = self._flight
+        if flight is None or not flight.run.task_ids:
+            return False
+        return anyio.get_current_task().id in flight.run.task_ids
+
     async def aclose(self) -> None:
         """Applies every queued notification, then stops all background work.
 
         Idempotent and safe to call concurrently, inside or after `async with`; returns once
-        no background task is left (a background trim in flight finishes its started closes,
-        each bounded by `close_timeout`). Later notifications are counted and ignored, and
-        `trim_open_conns()` raises `ManagerClosedError`.
+        no background task is left (a trim in flight starts no new close and finishes the
+        closes it started, each bounded by `close_timeout`). Later notifications are counted
+        and ignored, and `trim_open_conns()` raises `ManagerClosedError`. Subscriptions end.
+        Cancelling a call to `aclose()` does not stop the shutdown: it completes anyway.
 
         Called from inside a connection's `close()` that a trim of this manager is running,
         it stops everything the same way but does not wait for the trim: that close is part
         of it, and waiting would never end.
         """
-        inside_own_close = _CLOSE_IN_PROGRESS.get() is self
-        if self._state == _NEW:
+        inside_own_close = self._inside_own_close()
+        if self._state is _State.NEW:
             self._drain()
             self._queue.closed = True
-            self._state = _CLOSED
+            self._state = _State.CLOSED
+            self._end_subscriptions()
             return
         assert self._closed_event is not None
         assert self._background_done is not None
-        if self._state != _RUNNING:
+        if self._state is not _State.RUNNING:
             if inside_own_close:
                 await anyio.lowlevel.checkpoint()
             else:
                 await self._closed_event.wait()
             return
-        self._state = _CLOSING
+        self._state = _State.CLOSING
         try:
             self._drain()
             if self._background_scope is not None:
                 self._background_scope.cancel()
+            flight = self._flight
+            if flight is not None:
+                flight.run.stop()  # start no new close from now on
             if inside_own_close:
                 await anyio.lowlevel.checkpoint()
                 return
             with anyio.CancelScope(shield=True):
                 await self._background_done.wait()
-                # An explicit trim in flight starts no new close from now on (see
-                # `_close_all`); wait for the closes it started.
                 flight = self._flight
                 if flight is not None:
                     await flight.done.wait()
@@ -400,8 +378,30 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             self._drain()
         finally:
             self._queue.closed = True
-            self._state = _CLOSED
+            self._state = _State.CLOSED
+            self._end_subscriptions()
             self._closed_event.set()
+
+    async def wait_closed(self) -> None:
+        """Returns once the manager has closed (at once if it already has).
+
+        Raises RuntimeError for a manager that was never entered (it would wait forever).
+        Cancelling the wait leaves nothing behind.
+        """
+        if self._state is _State.CLOSED:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._closed_event is None:
+            raise RuntimeError("wait_closed() on a ConnManager that was never entered")
+        await self._closed_event.wait()
+
+    def _die(self, exc: BaseException) -> None:
+        """A background trim's close raised a BaseException: end the manager with it."""
+        if self._fatal is None:
+            self._fatal = exc
+        logger.critical("asyncconnmgr: a close raised %r; the manager stops", exc)
+        if self._task_group is not None:
+            self._task_group.cancel_scope.cancel()
 
     # -- notifications --------------------------------------------------------------------
 
@@ -415,46 +415,18 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         await anyio.lowlevel.checkpoint()
 
     def _drain(self) -> None:
-        """Applies every queued notification to the table, in order, in one batch."""
+        """Hands every queued notification to the ledger, in order, in one batch."""
         items = self._queue.items
         if not items:
             return
-        now = self._now()
-        add_conn = self._table.add_conn
-        remove_conn = self._table.remove_conn
-        ended = self._ended.items
-        ended_now: list[Conn] = []
-        popleft = items.popleft
-        while items:
-            connected, conn = popleft()
-            try:
-                if connected:
-                    if ended and conn in ended:
-                        self._ignore("connected after its disconnected", conn)
-                    elif not add_conn(conn, now):
-                        self._ignore("duplicate connected", conn)
-                elif remove_conn(conn):
-                    # Not remembered yet: an ended connection never gets back in the table.
-                    ended[conn] = None
-                    ended_now.append(conn)
-                else:
-                    self._unknown_disconnect(conn)
-            except Exception:
-                self._ignored += 1
-                logger.exception("asyncconnmgr could not apply a notification for %r", conn)
-        if ended_now:
-            self._ended.track(ended_now)
+        ledger = self._ledger
+        ledger.apply(items, self._now())
+        if ledger.regrown:
+            # Trimming may be possible again although the last trim found nobody to close.
+            ledger.regrown = False
+            self._grace_hold = None
+            self._ceiling_armed = True
         self._check_high_water()
-
-    def _ignore(self, why: str, conn: Conn) -> None:
-        self._ignored += 1
-        logger.debug("asyncconnmgr ignored a notification (%s): %r", why, conn)
-
-    def _unknown_disconnect(self, conn: Conn) -> None:
-        if self._unconfirmed and self._unconfirmed.discard(conn):
-            return  # the host confirming a close we made: expected
-        self._ended.add(conn)  # an unhashable one raises here: `_drain` counts it once
-        self._ignore("disconnected for an unknown connection", conn)
 
     def _check_high_water(self) -> None:
         cfg = self._config
@@ -471,11 +443,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         if type(value) is not int:
             check_int("value", value)
         if peer is None:
-            _check_peer(peer)
+            check_peer(peer)
         try:
             created = self._table.tag_peer(peer, tag, value, self._now)
         except TypeError:
-            _check_peer(peer)  # raises the message that names `peer` if it is unhashable
+            check_peer(peer)  # raises the message that names `peer` if it is unhashable
             raise
         if created and self._reaper_wakeup.waiting:
             self._reaper_wakeup.set()
@@ -483,7 +455,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     def untag_peer(self, peer: PeerId, tag: str) -> None:
         """Removes the tag; an unknown peer or an absent tag is left alone."""
         check_tag("tag", tag)
-        _check_peer(peer)
+        check_peer(peer)
         self._table.untag_peer(peer, tag)
 
     def upsert_tag(self, peer: PeerId, tag: str, fn: Callable[[int], int]) -> None:
@@ -496,7 +468,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             check_tag("tag", tag)
         if peer is None:
             check_callable("fn", fn)
-            _check_peer(peer)
+            check_peer(peer)
         try:
             # A non-callable `fn` or an unhashable peer raises TypeError in the table before
             # anything changes; only then is it worth finding out which argument was wrong.
@@ -507,26 +479,26 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                     check_callable("fn", fn)
                 except TypeError as wrong_fn:
                     raise wrong_fn from None  # the table's own error says nothing useful
-            _check_peer(peer)
+            check_peer(peer)
             raise
         if created and self._reaper_wakeup.waiting:
             self._reaper_wakeup.set()
 
     def get_tag_info(self, peer: PeerId) -> TagInfo | None:
         """A snapshot of the peer's entry, or None if the manager does not know it."""
-        _check_peer(peer)
+        check_peer(peer)
         return self._table.tag_info(peer)
 
     def protect(self, peer: PeerId, tag: str) -> None:
         """Protects the peer under `tag`: it is never trimmed while any protection remains."""
         check_tag("tag", tag)
-        _check_peer(peer)
+        check_peer(peer)
         self._table.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> bool:
         """Removes one protection; returns True if the peer is still protected by another."""
         check_tag("tag", tag)
-        _check_peer(peer)
+        check_peer(peer)
         still_protected = self._table.unprotect(peer, tag)
         if not still_protected:
             self._grace_hold = None  # the peer may be eligible now
@@ -537,7 +509,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """Whether the peer is protected under `tag`, or under any tag if `tag` is None."""
         if tag is not None:
             check_tag("tag", tag)
-        _check_peer(peer)
+        check_peer(peer)
         return self._table.is_protected(peer, tag)
 
     # -- decaying tags --------------------------------------------------------------------
@@ -562,13 +534,13 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def _decaying_bump(self, tag: DecayingTag, peer: PeerId, delta: int) -> None:
         check_int("delta", delta)
-        _check_peer(peer)
+        check_peer(peer)
         self._table.bump(tag, peer, delta, self._now)
         if self._reaper_wakeup.waiting:
             self._reaper_wakeup.set()
 
     def _decaying_remove(self, tag: DecayingTag, peer: PeerId) -> None:
-        _check_peer(peer)
+        check_peer(peer)
         self._table.remove_decaying(tag, peer)
 
     def _decaying_close(self, tag: DecayingTag) -> None:
@@ -588,6 +560,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """A snapshot of the configuration and the live counters."""
         cfg = self._config
         table = self._table
+        pruned = self._pruned
         return ManagerInfo(
             low_water=cfg.low_water,
             high_water=cfg.high_water,
@@ -600,14 +573,147 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             temporary_count=table.temporary_count,
             protected_count=table.protected_count,
             queued_notifications=len(self._queue),
-            trims=self._trims,
-            closed_conns=self._closed_conns,
-            close_failures=self._close_failures,
-            ignored_notifications=self._ignored + self._queue.ignored_after_close,
+            trims=sum(self._trims.values()),
+            closed_conns=pruned["closed"] + pruned["aborted"],
+            close_failures=pruned["failed"] + pruned["timed_out"],
+            ignored_notifications=self._ledger.ignored,
             decay_failures=self._decay_failures,
             loop_failures=self._loop_failures,
-            running=self._state == _RUNNING,
-            closed=self._state == _CLOSED,
+            running=self._state is _State.RUNNING,
+            closed=self._state is _State.CLOSED,
+            conns_by_direction=table.conns_by_direction(),
+            closing_by_direction=table.closing_by_direction(),
+            trims_by_trigger=self._trims,
+            pruned_by_outcome=pruned,
+            pruned_peers=self._pruned_peers,
+            stream_read_failures=table.stream_failures,
+            ceiling=cfg.ceiling,
+            grace_budget=cfg.grace_budget,
+        )
+
+    @property
+    def last_trim_result(self) -> TrimResult | None:
+        """The `TrimResult` of the most recent trim that ended (background or explicit)."""
+        return self._last_result
+
+    def peer_values(self) -> list[int]:
+        """The value of every peer with an open connection (for a histogram; no peer ids)."""
+        return self._table.peer_values()
+
+    def add_trim_listener(self, callback: Callable[[TrimResult], object]) -> Callable[[], None]:
+        """Calls `callback(result)` (sync) when each trim ends; returns a function that
+        removes it. An exception from the callback is logged and counted, never raised."""
+        check_callable("callback", callback)
+        key = next(self._listener_ids)
+        self._listeners[key] = callback
+
+        def remove() -> None:
+            self._listeners.pop(key, None)
+
+        return remove
+
+    def subscribe(self, max_buffer: int = 256) -> TrimSubscription:
+        """A subscription to the `TrimResult` of every trim that ends from now on.
+
+        Use it as `with manager.subscribe() as results: async for result in results: ...`.
+        It never blocks or slows the manager: it holds at most `max_buffer` results, and
+        when it is full the oldest is dropped and counted in `results.lost`. Iteration ends
+        when the subscription is closed (leaving the `with`) or the manager closes. Several
+        subscriptions may be open at once. Raises TypeError/ValueError for a `max_buffer`
+        that is not a positive int.
+        """
+        size = check_int("max_buffer", max_buffer, minimum=1)
+        subscription = TrimSubscription(size, self._subscriptions.remove)
+        if self._state is _State.CLOSED:
+            subscription.close()
+        else:
+            self._subscriptions.append(subscription)
+        return subscription
+
+    def _end_subscriptions(self) -> None:
+        for subscription in list(self._subscriptions):
+            subscription.close()
+
+    def _publish(self, result: TrimResult) -> None:
+        self._last_result = result
+        if result.trigger != "preview":
+            pruned = self._pruned
+            for outcome, count in result.outcomes.items():
+                pruned[outcome] += count
+            self._pruned_peers += sum(
+                1 for victim in result.victims if victim.outcome in _LEFT_THE_COUNTS
+            )
+        for subscription in self._subscriptions:
+            subscription.push(result)
+        for callback in list(self._listeners.values()):
+            try:
+                callback(result)
+            except Exception:
+                self._listener_failures += 1
+                logger.exception("asyncconnmgr: a trim listener failed")
+
+    def explain(self, peer: PeerId) -> PeerStatus:
+        """Why the peer would or would not be closed by a trim now; changes nothing.
+
+        Raises TypeError naming `peer` if it is unhashable or None.
+        """
+        check_peer(peer)
+        self._drain()
+        table = self._table
+        entry = table.lookup(peer)
+        cfg = self._config
+        if entry is None:
+            return PeerStatus(peer, "unknown")
+        if entry.temp:
+            return PeerStatus(
+                peer, "temporary", value=entry.value, until=entry.first_seen + cfg.grace_period
+            )
+        value, conns, outbound = entry.value, entry.open_conns, entry.outbound
+        protected_by = table.protection_tags(peer)
+        if protected_by:
+            return PeerStatus(peer, "protected", value, conns, 0, outbound, protected_by)
+        if conns <= 0:
+            return PeerStatus(peer, "closing", value, conns, 0, outbound)
+        now = self._now()
+        candidates = table.candidates(now)
+        everyone = candidates.eligible + candidates.over_budget
+        if entry not in everyone:
+            until = entry.first_seen + cfg.grace_period
+            return PeerStatus(peer, "in_grace", value, conns, entry.streams, outbound, until=until)
+        self._log_stream_failures()
+        order = [
+            *self._order(candidates.eligible, candidates.count, now),
+            *self._order(candidates.over_budget, candidates.count, now),
+        ]
+        chosen = self._plan(now)[2].entries
+        rank = next((at for at, item in enumerate(order) if item is entry), None)
+        return PeerStatus(
+            peer,
+            "candidate",
+            value,
+            conns,
+            entry.streams,
+            outbound,
+            rank=rank,
+            candidates=len(everyone),
+            would_close=any(item is entry for item in chosen),
+        )
+
+    def preview_trim(self) -> TrimResult:
+        """What a trim would close now (trigger "preview"), closing nothing and changing
+        nothing: its victims carry the outcome "not_started"."""
+        self._drain()
+        now = self._now()
+        _, target, choice = self._plan(now)
+        values = tuple(entry.value for entry in choice.entries)
+        victims = self._victims(choice, values, self._reasons(choice), {}, 0, not_started=True)
+        return TrimResult(
+            target=max(target, 0),
+            started_at=now,
+            finished_at=now,
+            victims=victims,
+            trigger="preview",
+            outcomes={"not_started": len(choice.conns)} if choice.conns else {},
         )
 
     # -- trimming -------------------------------------------------------------------------
@@ -616,177 +722,253 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """Closes the least valuable peers until `low_water` eligible connections are left.
 
         Runs whenever eligible connections exceed low water, whatever high water says
-        (`low_water == high_water == 0` disables it). A call made while a trim is in flight
-        joins it and returns its result. `deadline` is a time on the manager's clock after
-        which no close starts; the result then says `cut_short`. Cancelling the caller stops
-        the trim the same way (closes already started finish, each within `close_timeout`;
-        the others are left open and counted) and re-raises the cancellation.
+        (`low_water == high_water == 0` disables it). `deadline` is a time on the manager's
+        clock after which this caller no longer wants the trim.
 
-        Raises `ManagerClosedError` at once after `aclose()`.
+        A call made while a trim is in flight joins it. Each caller's deadline and
+        cancellation are its own: the trim goes on starting closes while at least one caller
+        (or the background trimmer) still wants it. A caller that leaves while others still
+        want it returns at once a `TrimResult` of the progress so far (`cut_short=True`), or
+        re-raises its cancellation. The last caller to leave stops the trim: no close starts
+        after that, and it returns (or re-raises) once the closes already started have
+        finished, each within `close_timeout`; the connections whose close never started are
+        left open and counted. A cancelled caller always gets its cancellation.
+
+        Raises `ManagerClosedError` after `aclose()`; RuntimeError on a manager that was
+        never entered (`async with`), and when called from inside a `close()` that this
+        manager's own trim is running (it would wait for itself). A `BaseException` that is
+        not an `Exception` raised by a `close()` comes out of here as itself, once the
+        started closes have finished.
         """
-        if deadline is not None:
-            if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):
-                raise TypeError(f"deadline must be a number or None, not {type(deadline).__name__}")
-            if math.isnan(deadline):
-                raise ValueError("deadline must not be NaN")
-        if self._state in (_CLOSING, _CLOSED):
+        deadline = check_deadline(deadline)
+        state = self._state
+        if state is _State.CLOSING or state is _State.CLOSED:
             raise ManagerClosedError("trim_open_conns() after aclose()")
+        if state is _State.NEW:
+            raise RuntimeError("trim_open_conns() on a ConnManager that is not running")
+        if self._inside_own_close():
+            raise RuntimeError("trim_open_conns() from inside a close() of this manager's own trim")
         if self._config.trimming_disabled:
             await anyio.lowlevel.checkpoint()
             return TrimResult()
-        return await self._trim(deadline)
+        return await self._trim("explicit", deadline)
 
-    async def _trim(self, deadline: float | None) -> TrimResult:
-        """The single-flight coordinator shared by explicit and background trims."""
+    async def _trim(self, trigger: str, deadline: float | None) -> TrimResult:
         flight = self._flight
-        if flight is not None:
-            await flight.done.wait()
-            if flight.result is None:
-                raise RuntimeError("the trim this call joined failed")
-            return flight.result
-        flight = self._flight = _Flight()
-        try:
-            return await self._run_trim(flight, deadline)
-        finally:
-            self._flight = None
-            flight.done.set()
+        if flight is None:
+            flight = self._take_off(trigger)
+        return await self._join(flight, deadline)
 
-    async def _run_trim(self, flight: _Flight, deadline: float | None) -> TrimResult:
+    def _take_off(self, trigger: str) -> _Flight:
+        """Plans a trim synchronously, marks its victims closing and starts its flight."""
+        assert self._task_group is not None
         self._drain()
         table = self._table
-        started_at = self._now()
-        self._last_trim = started_at
-        self._trims += 1
-        temporary_removed = table.reap_temporary(started_at)
-        plan: TrimPlan = table.plan_trim(started_at, self._config.low_water, self._policy)
-        # Nothing eligible: the next background trim waits for the first grace period to end.
-        self._grace_hold = plan.next_grace_expiry if plan.target <= 0 else None
-        conns = table.mark_planned(plan)
-        progress = _Progress()
-        cancelled = False
-        try:
-            if conns:
-                await self._close_all(conns, deadline, progress)
-        except anyio.get_cancelled_exc_class():
-            cancelled = True
-            raise
-        finally:
-            for conn in conns[progress.started :]:
-                table.unmark_closing(conn)
-            self._closed_conns += progress.closed
-            self._close_failures += progress.failed
-            flight.result = TrimResult(
-                closed=progress.closed,
-                failed=progress.failed,
-                cut_short=cancelled or progress.started < len(conns),
-                target=plan.target,
-                started_at=started_at,
-                finished_at=self._now(),
-                victims=plan.victims,
-                temporary_removed=temporary_removed,
+        now = self._now()
+        previous_trim = self._last_trim
+        self._last_trim = now
+        self._trims[trigger] = self._trims.get(trigger, 0) + 1
+        temporary_removed = table.reap_temporary(now)
+        candidates, target, choice = self._plan(now)
+        # Nothing to close: the next background trim waits for the first grace period to
+        # end, unless a connection arrives meanwhile that could be closed (see `_drain`).
+        self._grace_hold = candidates.next_grace_expiry if target <= 0 else None
+        marked = table.mark_closing(choice.conns)
+        assert len(marked) == len(choice.conns), "a victim was closing already"
+        epoch = table.protect_epoch
+        run = CloseRun(
+            choice.conns,
+            recheck=lambda: table.protect_epoch != epoch,
+            spare=table.conn_protected,
+        )
+        flight = self._flight = _Flight(trigger, run, choice, target, now)
+        flight.temporary_removed = temporary_removed
+        flight.previous_trim = previous_trim
+        flight.reasons = self._reasons(choice)
+        flight.values = tuple(entry.value for entry in choice.entries)
+        self._task_group.start_soon(self._fly, flight)
+        return flight
+
+    def _plan(self, now: float) -> tuple[Candidates, int, Choice]:
+        """The victims of a trim now: the policy's order of the eligible, covering what
+        exceeds low water; then every connection of the peers in grace beyond the budget
+        (they are beyond it whatever the other peers do), in the policy's order."""
+        table = self._table
+        candidates = table.candidates(now)
+        self._log_stream_failures()
+        target = self._target(candidates)
+        over = candidates.count - candidates.eligible_count
+        if target <= 0 and over <= 0:
+            return candidates, min(target, 0), Choice()
+        choice = Choice()
+        if target > 0:
+            choice = table.choose(self._order(candidates.eligible, target, now), target)
+        if over > 0:
+            late = table.choose(self._order(candidates.over_budget, over, now), over)
+            choice = choice + late
+        return candidates, max(target, 0) + over, choice
+
+    def _target(self, candidates: Candidates) -> int:
+        """How many eligible connections exceed low water."""
+        return candidates.eligible_count - self._config.low_water
+
+    def _order(self, entries: list[PeerEntry], target: int, now: float) -> Iterable[PeerEntry]:
+        # The table checks that the policy returns the entries it was given (`choose`).
+        return cast("Iterable[PeerEntry]", self._policy.select(entries, target, now))
+
+    def _log_stream_failures(self) -> None:
+        for conn, error in self._table.take_stream_failures():
+            logger.warning(
+                "asyncconnmgr: num_streams of %r %s; counted as idle",
+                conn,
+                "failed" if error is not None else "is not a non-negative int",
+                exc_info=error,
             )
-            self._check_high_water()
+
+    async def _join(self, flight: _Flight, deadline: float | None) -> TrimResult:
+        """Waits for `flight` on behalf of one caller (see `trim_open_conns`)."""
+        flight.want(deadline)
+        try:
+            if deadline is None:
+                await flight.done.wait()
+            else:
+                await wait_until(self._clock, flight.done, deadline)
+        except BaseException:
+            if flight.leave(deadline):
+                with anyio.CancelScope(shield=True):
+                    await flight.done.wait()
+            raise
+        if flight.result is None:  # this caller's deadline came first
+            if not flight.leave(deadline):
+                return self._progress(flight)
+            with anyio.CancelScope(shield=True):
+                await flight.done.wait()
+        else:
+            flight.leave(deadline)
+        assert flight.result is not None
+        if flight.run.fatal is not None:
+            raise flight.run.fatal
         return flight.result
 
-    async def _close_all(
-        self, conns: list[Conn], deadline: float | None, progress: _Progress
-    ) -> None:
-        """Closes `conns` with at most `close_concurrency` at once; see `trim_open_conns`."""
-        clock = self._clock
-        timeout = self._config.close_timeout
-        watched: deque[_Closing] = deque()
-        watch_wakeup = _Wakeup()
+    def _progress(self, flight: _Flight) -> TrimResult:
+        """The result of a flight so far, for a caller that leaves it early."""
+        return self._result(flight, finished=False)
 
-        async def watchdog() -> None:
-            # Closes start in order, so their deadlines are in order: watch the oldest only.
-            while True:
-                while watched and watched[0].done:
-                    watched.popleft()
-                if not watched:
-                    await watch_wakeup.wait()
-                    continue
-                head = watched[0]
-                await clock.sleep_until(head.deadline)
-                if not head.done:
-                    watched.popleft()
-                    head.scope.cancel()
+    async def _fly(self, flight: _Flight) -> None:
+        """Runs a planned trim's closes; always ends with `flight.result` and `done` set."""
+        ledger = self._ledger
+        outcomes = flight.outcomes
 
-        async def worker() -> None:
-            while progress.started < len(conns):
-                await anyio.lowlevel.checkpoint_if_cancelled()
-                if deadline is not None and clock.now() >= deadline:
+        def report(conn: Conn, outcome: str) -> None:
+            if outcome == "closed" or outcome == "aborted":
+                ledger.close_completed(conn)
+                if outcome == "closed":
                     return
-                if self._state in (_CLOSING, _CLOSED):
-                    return  # aclose() has begun: start no new close
-                conn = conns[progress.started]
-                progress.started += 1
-                closing = _Closing(clock.now() + timeout)
-                watched.append(closing)
-                watch_wakeup.set()
-                await self._close_one(conn, closing, progress)
+            else:
+                ledger.close_not_done(conn)
+            outcomes[conn] = outcome
 
-        async with anyio.create_task_group() as tg:
-            watchdog_scope = anyio.CancelScope(shield=True)
+        run = flight.run
+        try:
+            await self._closer.run(run, report)
+        finally:
+            for conn in run.conns[run.started :]:
+                ledger.close_not_done(conn)
+            ledger.settle()
+            if run.started == 0 and flight.target > 0 and flight.choice.conns:
+                # No close started (the deadline had passed, or every caller left at once):
+                # this trim must not push the background trimmer back by a silence period.
+                self._last_trim = flight.previous_trim
+            result = flight.result = self._result(flight, finished=True)
+            self._flight = None
+            flight.done.set()
+            self._publish(result)
+            self._check_high_water()
+            if run.fatal is not None and flight.trigger != "explicit":
+                self._die(run.fatal)
 
-            async def run_watchdog() -> None:
-                with watchdog_scope:
-                    await watchdog()
-
-            tg.start_soon(run_watchdog)
-            try:
-                async with anyio.create_task_group() as workers:
-                    for _ in range(min(self._config.close_concurrency, len(conns))):
-                        workers.start_soon(worker)
-            finally:
-                watchdog_scope.cancel()
-
-    async def _close_one(self, conn: Conn, closing: _Closing, progress: _Progress) -> None:
-        closed = False
-        token = _CLOSE_IN_PROGRESS.set(self)
-        with closing.scope:
-            try:
-                await conn.close()
-                closed = True
-            except Exception:
-                logger.warning("asyncconnmgr: closing %r failed", conn, exc_info=True)
-            finally:
-                _CLOSE_IN_PROGRESS.reset(token)
-        closing.done = True
-        if closing.scope.cancelled_caught:
-            closed = False
-            logger.warning("asyncconnmgr: closing %r timed out; it stays open", conn)
-        table = self._table
+    def _result(self, flight: _Flight, *, finished: bool) -> TrimResult:
+        run = flight.run
+        choice = flight.choice
+        outcomes = flight.outcomes
+        started = run.started
+        counts: dict[str, int] = {}
+        for outcome in outcomes.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        # Every close that started and reported no other outcome closed; for a caller that
+        # leaves early, the closes still running are neither closed nor failed yet.
+        closed = started - len(outcomes) if finished else self._closed_so_far(flight)
         if closed:
-            progress.closed += 1
-            if table.remove_conn(conn):
-                self._unconfirmed.add(conn)
-                self._ended.add(conn)
-        else:
-            progress.failed += 1
-            table.unmark_closing(conn)
+            counts["closed"] = closed
+        if finished and started < len(choice.conns):
+            counts["not_started"] = len(choice.conns) - started
+        failed = counts.get("failed", 0) + counts.get("timed_out", 0)
+        return TrimResult(
+            closed=closed + counts.get("aborted", 0),
+            failed=failed,
+            cut_short=started < len(choice.conns) or not finished,
+            target=max(flight.target, 0),
+            started_at=flight.started_at,
+            finished_at=self._now(),
+            victims=self._victims(
+                choice, flight.values, flight.reasons, outcomes, started, not_started=False
+            ),
+            temporary_removed=flight.temporary_removed,
+            trigger=flight.trigger,
+            outcomes=counts,
+        )
+
+    def _closed_so_far(self, flight: _Flight) -> int:
+        table = self._table
+        outcomes = flight.outcomes
+        return sum(
+            1
+            for conn in flight.choice.conns[: flight.run.started]
+            if conn not in outcomes and table.entry_of(conn) is None
+        )
+
+    def _reasons(self, choice: Choice) -> tuple[object, ...]:
+        """Each victim's reason, asked of the policy while planning (before any close)."""
+        reason = reason_of(self._policy)
+        if reason is None:
+            return (None,) * len(choice.entries)
+        return tuple(reason(entry) for entry in choice.entries)
+
+    def _victims(
+        self,
+        choice: Choice,
+        values: tuple[int, ...],
+        reasons: tuple[object, ...],
+        outcomes: dict[Conn, str],
+        started: int,
+        *,
+        not_started: bool,
+    ) -> tuple[Victim, ...]:
+        victims: list[Victim] = []
+        at = 0
+        for entry, value, size, reason in zip(
+            choice.entries, values, choice.sizes, reasons, strict=True
+        ):
+            if not_started or at >= started:
+                outcome = "not_started"
+            elif outcomes or at + size > started:
+                mine = {outcomes.get(conn, "closed") for conn in choice.conns[at : at + size]}
+                if at + size > started:
+                    mine.add("not_started")
+                outcome = next((o for o in _WORST_FIRST if o in mine), "closed")
+            else:
+                outcome = "closed"
+            victims.append(Victim(entry.peer, value, size, outcome, reason))
+            at += size
+        return tuple(victims)
 
     # -- background loops -----------------------------------------------------------------
-
-    async def _wait(self, wakeup: _Wakeup, until: float | None) -> None:
-        """Waits for `wakeup`, or until the clock reaches `until` (if not None)."""
-        if until is None:
-            await wakeup.wait()
-            return
-        async with anyio.create_task_group() as tg:
-
-            async def timer() -> None:
-                await self._clock.sleep_until(until)
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(timer)
-            await wakeup.wait()
-            tg.cancel_scope.cancel()
 
     async def _consume_loop(self) -> None:
         queue = self._queue
         while True:
             await queue.wait_nonempty()
-            if self._state != _RUNNING:
+            if self._state is not _State.RUNNING:
                 # aclose() applies what is left once the closes in flight have finished.
                 # Park until cancelled: on asyncio, a task woken by every notification of a
                 # flood would never be at rest long enough to receive the cancellation.
@@ -796,19 +978,28 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     async def _trim_loop(self) -> None:
         cfg = self._config
         table = self._table
+        ceiling = cfg.ceiling
         while True:
-            if cfg.trimming_disabled or table.conn_count <= cfg.high_water:
+            count = table.conn_count
+            if cfg.trimming_disabled or count <= cfg.high_water:
                 await self._trim_wakeup.wait()
                 continue
-            earliest = (
-                self._now() if self._last_trim is None else self._last_trim + cfg.silence_period
-            )
-            if self._grace_hold is not None and self._grace_hold > earliest:
-                earliest = self._grace_hold
-            if self._now() < earliest:
-                await self._wait(self._trim_wakeup, earliest)
+            now = self._now()
+            if ceiling is not None and count > ceiling and self._ceiling_armed:
+                trigger, earliest = "ceiling", now
+            else:
+                trigger = "background"
+                earliest = now if self._last_trim is None else self._last_trim + cfg.silence_period
+                if self._grace_hold is not None and self._grace_hold > earliest:
+                    earliest = self._grace_hold
+            if now < earliest:
+                await wait_until(self._clock, self._trim_wakeup, earliest)
                 continue
-            await self._trim(None)
+            result = await self._trim(trigger, None)
+            if result.trigger == "ceiling" and result.closed == 0:
+                # Crossing the ceiling again starts a trim at once only after a connection
+                # arrives: a ceiling trim that closed nothing would otherwise spin.
+                self._ceiling_armed = False
 
     async def _decay_loop(self) -> None:
         resolution = self._config.decay_resolution
@@ -843,4 +1034,4 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     # -- for tests --------------------------------------------------------------------------
 
     def _check_invariants(self) -> None:
-        self._table._check_invariants()
+        self._ledger._check_invariants()

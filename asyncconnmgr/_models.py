@@ -7,9 +7,29 @@ from types import MappingProxyType
 
 import attrs
 
-from .abc import Conn, PeerId
+from .abc import Conn, Direction, PeerId
 
-__all__ = ["ManagerInfo", "TagInfo", "TrimResult", "Victim"]
+__all__ = [
+    "OUTCOMES",
+    "TRIGGERS",
+    "CandidateConn",
+    "ManagerInfo",
+    "PeerStatus",
+    "TagInfo",
+    "TrimResult",
+    "Victim",
+]
+
+#: What became of one connection a trim chose, from best to worst: closed; failed (`close()`
+#: raised; it stays open and counted); timed_out (still running after `close_timeout` and the
+#: connection has no `abort()`; it stays open and counted); aborted (timed out, then dropped
+#: by its `abort()`; it left the counts); spared (protected after the plan, before its close
+#: started); not_started (the deadline passed or every caller left first).
+OUTCOMES: tuple[str, ...] = ("closed", "failed", "timed_out", "aborted", "spared", "not_started")
+#: What started a trim: a call to `trim_open_conns()`; the background trimmer (high water
+#: exceeded, one silence period after the last trim); the count crossing the ceiling of the
+#: bounded count (at once); or `preview_trim()`, which closes nothing.
+TRIGGERS: tuple[str, ...] = ("explicit", "background", "ceiling", "preview")
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -41,12 +61,31 @@ class TagInfo:
 
 
 @attrs.frozen(slots=True)
+class CandidateConn:
+    """One connection of a trim candidate, as read when the trim chose its victims."""
+
+    conn: Conn
+    direction: Direction
+    streams: int
+    remote_addr: str | None
+    opened: float
+
+
+@attrs.frozen(slots=True)
 class Victim:
-    """A peer a trim chose to close, and why: its value and connection count at the time."""
+    """A peer a trim chose to close.
+
+    `value` and `conns` are its value and the number of its connections the trim set out to
+    close; `outcome` is the worst of what became of them (see `OUTCOMES`: a peer whose
+    connections all closed says "closed"); `reason` is what the policy ordered it by (the
+    default policy's key), or None.
+    """
 
     peer: PeerId
     value: int
     conns: int
+    outcome: str = "closed"
+    reason: object = None
 
 
 @attrs.frozen(slots=True)
@@ -57,7 +96,8 @@ class TrimResult:
     the connection open and counted, so a later trim may try again. `cut_short` is true when
     the deadline passed or the caller was cancelled before every chosen close had started;
     the connections whose close never started are left open and counted. `target` is how
-    many connections the trim set out to close.
+    many connections the trim set out to close. `trigger` says what started it (see
+    `TRIGGERS`); `outcomes` counts the chosen connections by outcome (see `OUTCOMES`).
     """
 
     closed: int = 0
@@ -68,6 +108,39 @@ class TrimResult:
     finished_at: float | None = None
     victims: tuple[Victim, ...] = ()
     temporary_removed: int = 0
+    trigger: str = "explicit"
+    outcomes: Mapping[str, int] = attrs.field(default=_EMPTY, converter=_frozen_counts)
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to finish on the manager's clock, or None if unknown."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@attrs.frozen(slots=True)
+class PeerStatus:
+    """Why a peer would or would not be closed now (`ConnManager.explain`).
+
+    `state` is one of "unknown" (no entry), "temporary" (tagged, never connected; reaped at
+    `until`), "protected" (by `protected_by`), "closing" (every connection is being closed),
+    "in_grace" (until `until`), or "candidate". For a candidate, `rank` is its place in the
+    closing order (0 closes first) among `candidates`, and `would_close` says whether a trim
+    now would close it. A peer in grace beyond the bounded count's budget is a candidate.
+    """
+
+    peer: PeerId
+    state: str
+    value: int = 0
+    conns: int = 0
+    streams: int = 0
+    outbound: int = 0
+    protected_by: tuple[str, ...] = ()
+    until: float | None = None
+    rank: int | None = None
+    candidates: int = 0
+    would_close: bool = False
 
 
 @attrs.frozen(slots=True)
@@ -79,7 +152,12 @@ class ManagerInfo:
     whose connections are all being closed (they leave when their last close completes).
     `last_trim` is the time (on the manager's clock) the most recent trim started.
     `loop_failures` counts unexpected exceptions per background loop (each one was logged and
-    the loop restarted).
+    the loop restarted). `conns_by_direction` and `closing_by_direction` split `conn_count`
+    and `closing_count` by "inbound", "outbound" and "unknown"; `trims_by_trigger` counts
+    trims by `TrimResult.trigger`, `pruned_by_outcome` the connections trims chose by outcome,
+    and `pruned_peers` the victims whose connections all closed. `stream_read_failures`
+    counts connections whose `num_streams` could not be read (each logged once). `ceiling` and
+    `grace_budget` are the bounded count's settings (None when it is off).
     """
 
     low_water: int
@@ -103,3 +181,11 @@ class ManagerInfo:
     )
     running: bool = False
     closed: bool = False
+    conns_by_direction: Mapping[str, int] = attrs.field(default=_EMPTY, converter=_frozen_counts)
+    closing_by_direction: Mapping[str, int] = attrs.field(default=_EMPTY, converter=_frozen_counts)
+    trims_by_trigger: Mapping[str, int] = attrs.field(default=_EMPTY, converter=_frozen_counts)
+    pruned_by_outcome: Mapping[str, int] = attrs.field(default=_EMPTY, converter=_frozen_counts)
+    pruned_peers: int = 0
+    stream_read_failures: int = 0
+    ceiling: int | None = None
+    grace_budget: int | None = None

@@ -3,7 +3,9 @@
 Theory of operation
 -------------------
 A *connection* is an object the host reported through `connected`; the table keys it by the
-object itself and files it under `conn.remote_peer`. A *peer entry* exists while the peer has
+object itself. Its peer (`conn.remote_peer`) and direction are read once, when it is added,
+and every later step (its removal, the counts, a trim) uses that snapshot: a host that fills
+in either attribute later cannot corrupt the table. A *peer entry* exists while the peer has
 at least one connection. Tagging (or bumping a decaying tag of) a peer that has no entry
 creates a *temporary* entry: it holds the tags until the peer connects, when it becomes a real
 entry with the same tags, or until it has gone unused for the grace period, when it is reaped.
@@ -14,25 +16,23 @@ tags and decaying values. *Protection* is kept apart from entries: a protected p
 protected across disconnects until every protection tag is removed.
 
 *Grace* starts when a peer's entry becomes real (its first connection of the current run), not
-when it was first tagged. A peer is *eligible* for trimming when it is not protected, not in
-grace, and has at least one connection that is not already being closed.
+when it was first tagged. A peer is a *candidate* for trimming when it is not protected, not in
+grace, and has at least one connection that is not already being closed. With a grace budget
+(the bounded count), the peers in grace beyond the budget are candidates too, after all the
+others: the oldest in grace keep their grace, up to `grace_budget` connections.
 
 A trim changes the table in two ways only: `mark_closing` takes the chosen connections out of
 the counts at once (so no later trim picks them again), and `unmark_closing` puts back a
-connection whose close failed. Removing a closed connection is the same `remove_conn` that a
-`disconnected` notification causes.
+connection whose close did not happen. Removing a closed connection is the same `remove_conn`
+that a `disconnected` notification causes. The table hands out candidates and closes the
+shortest prefix of an order that covers the target (`choose`); which order is the policy's
+business, and this module imports none.
 
-Representation: a peer has a handful of connections and tags, so an entry keeps them in
-small sequences rather than in two dicts (which would cost some 400 bytes a peer; see the M4
-figure of benchmarks/bench.py). `PeerEntry.conn_times` is an immutable tuple `(conn, opened,
-conn, opened, ...)`, replaced on every change; connections never equal a number, so a scan
-for a connection (`in`, `index`) can only stop at a connection. The plain tags are two
-parallel sequences, a tuple of names `tag_names` (replaced when a name comes or goes) and a
-list of values `tag_values` (changed in place when a value changes); a peer with no tag has
-`()` for both. `PeerEntry.conns` and `PeerEntry.tags` build dicts from them for readers
-(policies, `tag_info`). A real entry holds at least one connection for exactly as long as it
-is in the table: `remove_conn` empties `conn_times` when it drops the entry. A connection
-must be hashable (the connections being closed are kept in a set); `add_conn` checks it first.
+Representation: a peer has a handful of connections and tags, so `PeerEntry` packs them
+(see its docstring) rather than keeping two dicts per peer (which would cost some 400 bytes a
+peer; see the M4 figure of benchmarks/bench.py). One dict maps every connection to its entry,
+so a `disconnected` never reads the connection's attributes. A connection must be hashable;
+`add_conn` checks it first.
 
 Time: the table never reads a clock. A method that may need the time takes `now`, a
 zero-argument function that it calls only when it creates an entry or records a decaying
@@ -42,40 +42,58 @@ event loop every method is atomic, so no locks are needed.
 
 from __future__ import annotations
 
-import heapq
 import operator
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
 
 import attrs
 
 from ._decay import DecayingTag, DecayingValue, DecaySchedule
-from ._models import TagInfo, Victim
-from ._policy import DefaultPolicy, TrimPolicy
+from ._models import CandidateConn, TagInfo
 from .abc import Conn, Direction, PeerId
 
-__all__ = ["PeerEntry", "PeerTable", "TrimPlan"]
+__all__ = ["Candidates", "Choice", "PeerEntry", "PeerTable"]
 
 Now = Callable[[], float]
 
+_INBOUND = Direction.INBOUND
 _OUTBOUND = Direction.OUTBOUND
-_LAST = operator.itemgetter(-1)
+_UNKNOWN = Direction.UNKNOWN
+_STREAMS = operator.attrgetter("num_streams")
+#: `PeerEntry.tag_values` of a peer with no tag: the empty tuple, shared by every such peer
+#: (an empty list each would cost 56 bytes a peer); it is replaced, never changed in place.
+_NO_VALUES: list[int] = cast("list[int]", ())
+#: A peer with more connections than this keeps them in a dict (O(1) per change) rather than
+#: in a tuple that is copied on every change.
+_PACKED_MAX = 16
+#: ... and goes back to a tuple once it has this many or fewer.
+_PACKED_BACK = 8
 
 
 class PeerEntry:
     """One peer: its connections, tags and value. Implements `Candidate`.
 
-    `conn_times` is `(conn, opened, conn, opened, ...)`, `tag_names` and `tag_values` the
-    plain tags (see the module docstring); `conns` and `tags` are dict snapshots of them.
+    Connections live in `links`: up to `_PACKED_MAX` of them as a flat tuple
+    `(conn, opened, direction, conn, opened, direction, ...)`, replaced on every change
+    (connections never equal a number or a `Direction`, so a scan for a connection can only
+    stop at one); beyond that, a dict `{conn: (opened, direction)}`. The plain tags are two
+    parallel sequences, a tuple of names `tag_names` (replaced when a name comes or goes) and
+    a list of values `tag_values` (changed in place when a value changes); a peer with no tag
+    has `()` for both. Read them through the accessors below, never by slicing.
+
+    `streams` is the stream count the table read for the current trim (see
+    `PeerTable.candidates`).
     """
 
     __slots__ = (
         "closing",
-        "conn_times",
         "first_seen",
+        "links",
         "outbound",
         "peer",
         "seq",
+        "streams",
         "tag_names",
         "tag_values",
         "value",
@@ -85,23 +103,96 @@ class PeerEntry:
         self.peer = peer
         self.first_seen = first_seen
         self.seq = seq
-        self.conn_times: tuple[Any, ...] = ()
+        self.links: tuple[Any, ...] | dict[Conn, tuple[float, Direction]] = ()
         self.tag_names: tuple[str, ...] = ()
-        self.tag_values: Any = ()  # a list of ints, parallel to `tag_names`; () if none
+        self.tag_values: list[int] = _NO_VALUES
         self.value = 0
         self.outbound = 0
         self.closing = 0
+        self.streams = 0
+
+    # -- the packed layout -------------------------------------------------------------
 
     @property
     def temp(self) -> bool:
         """A temporary entry: tagged, never connected (a real one has a connection)."""
-        return not self.conn_times
+        return not self.links
+
+    @property
+    def conn_count(self) -> int:
+        """Connections, those being closed included."""
+        links = self.links
+        return len(links) // 3 if isinstance(links, tuple) else len(links)
+
+    @property
+    def open_conns(self) -> int:
+        """Connections not being closed."""
+        return self.conn_count - self.closing
+
+    def conn_list(self) -> list[Conn]:
+        """The connections, in the order they were added."""
+        links = self.links
+        return list(links[::3]) if isinstance(links, tuple) else list(links)
+
+    def link_items(self) -> Iterator[tuple[Conn, float, Direction]]:
+        """`(conn, opened, direction)` of each connection."""
+        links = self.links
+        if isinstance(links, tuple):
+            return zip(links[::3], links[1::3], links[2::3], strict=True)
+        return ((conn, opened, way) for conn, (opened, way) in links.items())
+
+    def has(self, conn: Conn) -> bool:
+        return conn in self.links
+
+    def direction_of(self, conn: Conn) -> Direction:
+        links = self.links
+        if isinstance(links, tuple):
+            return links[links.index(conn) + 2]  # type: ignore[no-any-return]
+        return links[conn][1]
+
+    def _add(self, conn: Conn, opened: float, direction: Direction) -> None:
+        links = self.links
+        if isinstance(links, tuple):
+            if len(links) < 3 * _PACKED_MAX:
+                self.links = links + (conn, opened, direction)  # noqa: RUF005 - one allocation
+                return
+            links = {c: (o, d) for c, o, d in self.link_items()}
+            self.links = links
+        links[conn] = (opened, direction)
+
+    def _remove(self, conn: Conn) -> Direction:
+        """Forgets a connection it holds; returns its direction."""
+        links = self.links
+        if isinstance(links, tuple):
+            if len(links) == 3:
+                self.links = ()
+                return links[2]  # type: ignore[no-any-return]
+            at = links.index(conn)
+            self.links = links[:at] + links[at + 3 :]
+            return links[at + 2]  # type: ignore[no-any-return]
+        direction = links.pop(conn)[1]
+        if len(links) <= _PACKED_BACK:
+            self.links = tuple(item for c, (o, d) in links.items() for item in (c, o, d))
+        return direction
+
+    # -- the Candidate view ------------------------------------------------------------
 
     @property
     def conns(self) -> dict[Conn, float]:
-        """The open connections and the time each was reported open (a new dict)."""
-        flat = self.conn_times
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        """The connections and the time each was reported open (a new dict)."""
+        return {conn: opened for conn, opened, _ in self.link_items()}
+
+    @property
+    def connections(self) -> tuple[CandidateConn, ...]:
+        """Each connection with its direction, streams, address and open time.
+
+        Stream counts and addresses are read from the connections when this is called; a
+        count that cannot be read is 0.
+        """
+        return tuple(
+            CandidateConn(conn, way, _streams_or_zero(conn), _addr_or_none(conn), opened)
+            for conn, opened, way in self.link_items()
+        )
 
     @property
     def tags(self) -> dict[str, int]:
@@ -110,52 +201,77 @@ class PeerEntry:
 
     def __repr__(self) -> str:
         kind = "temporary " if self.temp else ""
-        conns = len(self.conn_times) >> 1
-        return f"<{kind}PeerEntry {self.peer!r} value={self.value} conns={conns}>"
+        return f"<{kind}PeerEntry {self.peer!r} value={self.value} conns={self.conn_count}>"
 
 
 @attrs.frozen(slots=True)
-class TrimPlan:
-    """What a trim should do, decided from the state at one moment.
+class Candidates:
+    """The peers a trim may close now, decided from the state at one moment.
 
-    `conns` lists the connections to close, peer by peer in policy order; `next_grace_expiry`
-    is the earliest time a peer now in grace becomes eligible (None if no peer is in grace).
-    `chosen` holds `(peer, value, connections)` of each victim at the time of the plan;
-    `victims` makes `Victim` records of them, later, once the closes have started. `owners`
-    holds the entry of each connection of `conns`, for `PeerTable.mark_planned`.
+    `eligible` are out of grace; `over_budget` are in grace beyond the grace budget (empty
+    without the bounded count), to be closed only after the eligible ones. `count` is the
+    number of connections they hold that are not being closed, `eligible_count` the part of
+    it the eligible hold. `next_grace_expiry` is the
+    earliest time a peer now keeping its grace becomes eligible (None if none does).
     """
 
-    target: int
-    eligible: int
-    chosen: tuple[tuple[PeerId, int, int], ...]
-    conns: tuple[Conn, ...]
+    eligible: list[PeerEntry]
+    over_budget: list[PeerEntry]
+    count: int
+    eligible_count: int
     next_grace_expiry: float | None
-    owners: tuple[PeerEntry, ...] = attrs.field(default=(), repr=False, eq=False)
 
-    @property
-    def victims(self) -> tuple[Victim, ...]:
-        return tuple(Victim(peer, value, conns) for peer, value, conns in self.chosen)
+
+@attrs.frozen(slots=True)
+class Choice:
+    """The victims a trim closes: entries in closing order and their closable connections.
+
+    `conns` lists the connections, victim by victim; `sizes[i]` is how many of them belong to
+    `entries[i]`.
+    """
+
+    entries: tuple[PeerEntry, ...] = ()
+    conns: tuple[Conn, ...] = ()
+    sizes: tuple[int, ...] = ()
+
+    def __add__(self, other: Choice) -> Choice:
+        return Choice(
+            self.entries + other.entries, self.conns + other.conns, self.sizes + other.sizes
+        )
 
 
 class PeerTable:
     """The sans-IO state of a connection manager (see the module docstring)."""
 
-    def __init__(self, grace_period: float) -> None:
+    def __init__(self, grace_period: float, grace_budget: int | None = None) -> None:
         self.grace_period = grace_period
+        self.grace_budget = grace_budget
         self._peers: dict[PeerId, PeerEntry] = {}
         self._temp: dict[PeerId, PeerEntry] = {}  # ordered by creation time
         self._protected: dict[PeerId, set[str]] = {}
+        self._conns: dict[Conn, PeerEntry] = {}
         self._closing: set[Conn] = set()
         self._schedules: dict[str, DecaySchedule] = {}
-        self._conn_total = 0
+        self._outbound_total = 0
+        self._unknown_total = 0
+        self._closing_outbound = 0
+        self._closing_unknown = 0
         self._seq = 0
+        #: Bumped by every `protect()`: a trim re-checks protection before each close only
+        #: when this moved since it chose its victims.
+        self.protect_epoch = 0
+        # Connections whose `num_streams` failed, each reported once (weakly where possible).
+        self._stream_failed: weakref.WeakSet[Conn] = weakref.WeakSet()
+        self._stream_failed_strong: set[int] = set()
+        self._new_stream_failures: list[tuple[Conn, BaseException | None]] = []
+        self.stream_failures = 0
 
     # -- counts -------------------------------------------------------------------------
 
     @property
     def conn_count(self) -> int:
         """Open connections, not counting those being closed."""
-        return self._conn_total - len(self._closing)
+        return len(self._conns) - len(self._closing)
 
     @property
     def closing_count(self) -> int:
@@ -173,6 +289,24 @@ class PeerTable:
     def protected_count(self) -> int:
         return len(self._protected)
 
+    def conns_by_direction(self) -> dict[str, int]:
+        """Open connections not being closed, by direction."""
+        outbound = self._outbound_total - self._closing_outbound
+        unknown = self._unknown_total - self._closing_unknown
+        return {
+            "inbound": self.conn_count - outbound - unknown,
+            "outbound": outbound,
+            "unknown": unknown,
+        }
+
+    def closing_by_direction(self) -> dict[str, int]:
+        outbound, unknown = self._closing_outbound, self._closing_unknown
+        return {
+            "inbound": len(self._closing) - outbound - unknown,
+            "outbound": outbound,
+            "unknown": unknown,
+        }
+
     def lookup(self, peer: PeerId) -> PeerEntry | None:
         """The peer's entry, real or temporary. Raises TypeError for an unhashable peer."""
         entry = self._peers.get(peer)
@@ -180,16 +314,29 @@ class PeerTable:
             entry = self._temp.get(peer)
         return entry
 
+    def entry_of(self, conn: Conn) -> PeerEntry | None:
+        """The entry a known connection belongs to, or None."""
+        return self._conns.get(conn)
+
+    def peer_values(self) -> list[int]:
+        """The value of every peer with a connection."""
+        return [entry.value for entry in self._peers.values()]
+
     # -- connections ----------------------------------------------------------------------
 
-    def add_conn(self, conn: Conn, now: float) -> bool:
-        """Records an open connection; False (and no change) if it is already known.
+    def add_conn(self, conn: Conn, now: float) -> PeerEntry | None:
+        """Records an open connection and returns its entry; None (no change) if it is
+        already known.
 
-        Raises (and changes nothing) if the connection is unhashable or its attributes fail.
+        Reads `conn.remote_peer` and `conn.direction` once (a direction that is not a
+        `Direction` counts as unknown). Raises, and changes nothing, if the connection is
+        unhashable or its attributes fail.
         """
-        hash(conn)
+        conns = self._conns
+        if conn in conns:  # an unhashable connection raises here
+            return None
         peer = conn.remote_peer
-        outbound = conn.direction is _OUTBOUND
+        direction = conn.direction
         entry = self._peers.get(peer)
         if entry is None:
             entry = self._temp.pop(peer, None) if self._temp else None
@@ -198,73 +345,58 @@ class PeerTable:
                 entry = PeerEntry(peer, now, self._seq)
             else:
                 entry.first_seen = now  # grace starts at the connection, not the early tag
-            entry.conn_times = (conn, now)
             self._peers[peer] = entry
-        elif conn in entry.conn_times:
-            return False
-        else:
-            entry.conn_times += (conn, now)
-        if outbound:
+        if direction is _OUTBOUND:
             entry.outbound += 1
-        self._conn_total += 1
-        return True
+            self._outbound_total += 1
+        elif direction is not _INBOUND:
+            direction = _UNKNOWN
+            self._unknown_total += 1
+        entry._add(conn, now, direction)
+        conns[conn] = entry
+        return entry
 
-    def remove_conn(self, conn: Conn) -> bool:
-        """Forgets a connection; the peer goes with its last one. False if it is unknown."""
-        entry = self._peers.get(conn.remote_peer)
+    def remove_conn(self, conn: Conn) -> PeerEntry | None:
+        """Forgets a connection; the peer goes with its last one. Returns the entry it was
+        in, or None if it is unknown."""
+        entry = self._conns.pop(conn, None)
         if entry is None:
-            return False
-        flat = entry.conn_times
-        if conn not in flat:
-            return False
-        outbound = conn.direction is _OUTBOUND
-        self._conn_total -= 1
-        if entry.closing and conn in self._closing:
+            return None
+        direction = entry._remove(conn)
+        closing = bool(entry.closing) and conn in self._closing
+        if closing:
             self._closing.discard(conn)
             entry.closing -= 1
-        if outbound:
+        if direction is _OUTBOUND:
             entry.outbound -= 1
-        if len(flat) == 2:
-            entry.conn_times = ()
+            self._outbound_total -= 1
+            if closing:
+                self._closing_outbound -= 1
+        elif direction is _UNKNOWN:
+            self._unknown_total -= 1
+            if closing:
+                self._closing_unknown -= 1
+        if not entry.links:
             del self._peers[entry.peer]
             if self._schedules:
                 self._drop_decaying(entry.peer)
-        elif len(flat) == 4:  # the common case of a peer with two connections
-            entry.conn_times = flat[2:] if flat.index(conn) == 0 else flat[:2]
-        else:
-            at = flat.index(conn)
-            entry.conn_times = flat[:at] + flat[at + 2 :]
-        return True
+        return entry
 
-    def has_conn(self, conn: Conn) -> bool:
-        entry = self._peers.get(conn.remote_peer)
-        return entry is not None and conn in entry.conn_times
-
-    def mark_closing(self, conn: Conn) -> bool:
-        """Takes a connection out of the counts while a trim closes it."""
-        entry = self._peers.get(conn.remote_peer)
-        if entry is None or conn not in entry.conn_times or conn in self._closing:
-            return False
-        self._closing.add(conn)
-        entry.closing += 1
-        return True
-
-    def mark_planned(self, plan: TrimPlan) -> list[Conn]:
-        """`mark_closing` of each of `plan.conns`, in order; returns those it marked.
-
-        The plan knows each connection's entry, so no peer id is looked up again (at 100,000
-        connections that is most of the cost of marking; a py-libp2p ID hashes in Python).
-        """
+    def mark_closing(self, conns: Iterable[Conn]) -> list[Conn]:
+        """Takes connections out of the counts while a trim closes them; returns those it
+        marked (known and not already closing), in order."""
         closing = self._closing
+        table = self._conns
         marked: list[Conn] = []
-        for conn, entry in zip(plan.conns, plan.owners, strict=True):
-            if conn not in entry.conn_times:  # the entry changed since: the general path
-                if self.mark_closing(conn):
-                    marked.append(conn)
-            elif conn not in closing:
-                closing.add(conn)
-                entry.closing += 1
-                marked.append(conn)
+        for conn in conns:
+            entry = table.get(conn)
+            if entry is None or conn in closing:
+                continue
+            closing.add(conn)
+            entry.closing += 1
+            marked.append(conn)
+            if entry.outbound or self._unknown_total:
+                self._count_closing(entry, conn, 1)
         return marked
 
     def unmark_closing(self, conn: Conn) -> bool:
@@ -272,9 +404,26 @@ class PeerTable:
         if conn not in self._closing:
             return False
         self._closing.discard(conn)
-        entry = self._peers[conn.remote_peer]
+        entry = self._conns[conn]
         entry.closing -= 1
+        if entry.outbound or self._unknown_total:
+            self._count_closing(entry, conn, -1)
         return True
+
+    def _count_closing(self, entry: PeerEntry, conn: Conn, delta: int) -> None:
+        direction = entry.direction_of(conn)
+        if direction is _OUTBOUND:
+            self._closing_outbound += delta
+        elif direction is _UNKNOWN:
+            self._closing_unknown += delta
+
+    def is_closing(self, conn: Conn) -> bool:
+        return conn in self._closing
+
+    def conn_protected(self, conn: Conn) -> bool:
+        """Whether the peer of a known connection is protected now."""
+        entry = self._conns.get(conn)
+        return entry is not None and entry.peer in self._protected
 
     # -- tags ---------------------------------------------------------------------------
 
@@ -326,7 +475,8 @@ class PeerTable:
                 values = entry.tag_values
                 entry.value -= values[at]
                 if len(names) == 1:
-                    entry.tag_names = entry.tag_values = ()
+                    entry.tag_names = ()
+                    entry.tag_values = _NO_VALUES
                 else:
                     entry.tag_names = names[:at] + names[at + 1 :]
                     del values[at]
@@ -347,7 +497,7 @@ class PeerTable:
         new = fn(entry.tag_values[at] if at >= 0 else 0)
         if type(new) is not int:
             raise TypeError(f"fn must return an int, not {type(new).__name__}")
-        if entry.tag_names is not names or not entry.conn_times:
+        if entry.tag_names is not names or entry.temp:
             # `fn` changed this peer's tags (or disconnected it), or the entry is temporary:
             # the general path. (A real entry holds a connection while in the table.)
             return self.tag_peer(peer, tag, new, now)
@@ -372,9 +522,14 @@ class PeerTable:
                 tags[name] = tags.get(name, 0) + held.value
         return TagInfo(entry.first_seen, entry.value, tags, entry.conns, entry.temp)
 
+    def protection_tags(self, peer: PeerId) -> tuple[str, ...]:
+        """The peer's protection tags, sorted (empty if it is not protected)."""
+        return tuple(sorted(self._protected.get(peer, ())))
+
     # -- protection -----------------------------------------------------------------------
 
     def protect(self, peer: PeerId, tag: str) -> None:
+        self.protect_epoch += 1
         tags = self._protected.get(peer)
         if tags is None:
             self._protected[peer] = {tag}
@@ -524,103 +679,169 @@ class PeerTable:
 
     # -- trimming -------------------------------------------------------------------------
 
-    def plan_trim(self, now: float, low_water: int, policy: TrimPolicy) -> TrimPlan:
-        """Chooses victims: the shortest prefix of the policy order covering the target.
-
-        The target is the number of eligible connections above `low_water`. Pure: the table
-        is not changed; the caller marks the chosen connections closing.
-        """
+    def candidates(self, now: float) -> Candidates:
+        """The peers a trim may close now (see `Candidates`); reads each candidate's stream
+        count once, into `PeerEntry.streams`. Changes nothing else."""
         peers = self._peers
         # Protected entries, found by peer once: testing each entry by identity is cheaper
         # than hashing every peer id (a py-libp2p ID hashes in Python).
         protected = {peers[peer] for peer in self._protected if peer in peers}
         grace = self.grace_period
         cutoff = now - grace
-        candidates: list[PeerEntry] = []
-        eligible = 0
-        next_grace: float | None = None
+        eligible: list[PeerEntry] = []
+        in_grace: list[PeerEntry] = []
+        count = 0
         for entry in peers.values():
-            first_seen = entry.first_seen
-            if first_seen > cutoff:
-                if entry not in protected:
-                    expiry = first_seen + grace
-                    if next_grace is None or expiry < next_grace:
-                        next_grace = expiry
+            if entry.first_seen > cutoff:
+                if entry not in protected and entry.open_conns > 0:
+                    in_grace.append(entry)
                 continue
             if entry in protected:
                 continue
-            open_conns = (len(entry.conn_times) >> 1) - entry.closing
+            open_conns = entry.open_conns
             if open_conns <= 0:
                 continue
-            candidates.append(entry)
-            eligible += open_conns
-        target = eligible - low_water
-        if target <= 0:
-            return TrimPlan(max(target, 0), eligible, (), (), next_grace)
+            eligible.append(entry)
+            count += open_conns
+        eligible_count = count
+        over_budget: list[PeerEntry] = []
+        keeping = in_grace
+        budget = self.grace_budget
+        if budget is not None and in_grace:
+            # The oldest in grace keep it, up to `budget` connections; the rest are candidates.
+            in_grace.sort(key=_first_seen_and_seq)
+            kept = 0
+            for at, entry in enumerate(in_grace):
+                kept += entry.open_conns
+                if kept > budget:
+                    keeping, over_budget = in_grace[:at], in_grace[at:]
+                    break
+            count += sum(entry.open_conns for entry in over_budget)
+        next_grace = min((entry.first_seen for entry in keeping), default=None)
+        self._read_streams(eligible)
+        self._read_streams(over_budget)
+        expiry = None if next_grace is None else next_grace + grace
+        return Candidates(eligible, over_budget, count, eligible_count, expiry)
 
-        ordered: Iterable[PeerEntry]
-        if type(policy) is DefaultPolicy:
-            # The default order starts with the value, so no peer valued above the value at
-            # which the connections reach the target can be chosen: key and sort only the
-            # others, in one pass without a call per candidate. The last item of each key is
-            # the entry, never compared since the keys before it end with the unique -seq.
-            keyed = _default_keys(candidates, _value_reaching(candidates, target))
-            keyed.sort()
-            ordered = map(_LAST, keyed)
-        elif target * 8 < len(candidates):
-            # Every candidate holds at least one connection: `target` peers always suffice.
-            ordered = heapq.nsmallest(target, candidates, key=policy.sort_key)
+    def _read_streams(self, entries: list[PeerEntry]) -> None:
+        """`entry.streams` of each entry: the sum over its connections, read once.
+
+        A connection whose `num_streams` raises or is not an int counts as idle (0): it
+        never stops a trim. Each such connection is reported once (`take_stream_failures`).
+        """
+        for entry in entries:
+            links = entry.links
+            conns = links[::3] if isinstance(links, tuple) else links
+            try:
+                streams = sum(map(_STREAMS, conns))
+            except Exception:
+                streams = None
+            if type(streams) is not int or streams < 0:
+                streams = sum(self._read_one(conn) for conn in conns)
+            entry.streams = streams
+
+    def _read_one(self, conn: Conn) -> int:
+        error: BaseException | None = None
+        try:
+            streams = conn.num_streams
+        except Exception as exc:
+            error = exc
         else:
-            ordered = sorted(candidates, key=policy.sort_key)
+            if type(streams) is int and streams >= 0:
+                return streams
+        self._stream_failure(conn, error)
+        return 0
 
-        chosen: list[tuple[PeerId, int, int]] = []
+    def _stream_failure(self, conn: Conn, error: BaseException | None) -> None:
+        try:
+            if conn in self._stream_failed:
+                return
+            self._stream_failed.add(conn)
+        except TypeError:  # cannot be weakly referenced: remember its id
+            if id(conn) in self._stream_failed_strong:
+                return
+            self._stream_failed_strong.add(id(conn))
+        self.stream_failures += 1
+        self._new_stream_failures.append((conn, error))
+
+    def take_stream_failures(self) -> list[tuple[Conn, BaseException | None]]:
+        """The connections whose stream count failed for the first time since the last call
+        (and the exception, or None for a value that is not an int)."""
+        failures, self._new_stream_failures = self._new_stream_failures, []
+        return failures
+
+    def choose(self, ordered: Iterable[PeerEntry], target: int) -> Choice:
+        """The shortest prefix of `ordered` whose closable connections cover `target`.
+
+        Each item must be a candidate this table handed out; an item given twice is skipped.
+        Pure: the caller marks the chosen connections closing.
+        """
+        entries: list[PeerEntry] = []
         conns: list[Conn] = []
-        owners: list[PeerEntry] = []
-        covered = 0
+        sizes: list[int] = []
+        seen: set[int] = set()
         closing = self._closing
+        covered = 0
+        if target <= 0:
+            return Choice()
         for entry in ordered:
-            closable: Sequence[Conn] = entry.conn_times[::2]
+            if type(entry) is not PeerEntry:
+                raise TypeError(
+                    f"a policy must return the candidates it was given, not {type(entry).__name__}"
+                )
+            if id(entry) in seen or self._peers.get(entry.peer) is not entry:
+                continue
+            seen.add(id(entry))
+            links = entry.links
+            closable: Sequence[Conn] = links[::3] if isinstance(links, tuple) else list(links)
             if entry.closing:
                 closable = [conn for conn in closable if conn not in closing]
-            count = len(closable)
-            chosen.append((entry.peer, entry.value, count))
+            if not closable:
+                continue
+            entries.append(entry)
             conns += closable
-            owners += [entry] * count
-            covered += count
+            sizes.append(len(closable))
+            covered += len(closable)
             if covered >= target:
                 break
-        return TrimPlan(target, eligible, tuple(chosen), tuple(conns), next_grace, tuple(owners))
+        return Choice(tuple(entries), tuple(conns), tuple(sizes))
 
     # -- checks ---------------------------------------------------------------------------
 
     def _check_invariants(self) -> None:
         """Asserts every internal consistency rule; for tests."""
-        total = 0
+        total = outbound_total = unknown_total = closing_out = closing_unknown = 0
         seen_closing = 0
-        default = DefaultPolicy()
         for peer, entry in self._peers.items():
             assert entry.peer == peer
             assert not entry.temp
-            _check_flat(entry)
-            conns = entry.conn_times[::2]
+            _check_layout(entry)
+            conns = entry.conn_list()
             assert conns, f"{entry!r} has no connection but is not temporary"
             assert peer not in self._temp
             total += len(conns)
+            for conn, _, way in entry.link_items():
+                assert self._conns.get(conn) is entry, f"{conn!r} is not filed under {entry!r}"
+                outbound_total += way is _OUTBOUND
+                unknown_total += way is _UNKNOWN
+                if conn in self._closing:
+                    closing_out += way is _OUTBOUND
+                    closing_unknown += way is _UNKNOWN
             closing_here = sum(1 for conn in conns if conn in self._closing)
             assert entry.closing == closing_here, entry
             seen_closing += closing_here
-            outbound = sum(1 for conn in conns if conn.direction is Direction.OUTBOUND)
+            outbound = sum(1 for _, _, way in entry.link_items() if way is _OUTBOUND)
             assert entry.outbound == outbound, entry
-            assert all(conn.remote_peer == peer for conn in conns)
-            assert _default_keys([entry], None)[0][:-1] == default.sort_key(entry), "keys differ"
-        assert total == self._conn_total, (total, self._conn_total)
+        assert total == len(self._conns), (total, len(self._conns))
+        assert (outbound_total, unknown_total) == (self._outbound_total, self._unknown_total)
+        assert (closing_out, closing_unknown) == (self._closing_outbound, self._closing_unknown)
         assert seen_closing == len(self._closing), "a closing connection is not in the table"
         previous = None
         for peer, entry in self._temp.items():
             assert entry.peer == peer
             assert entry.temp
-            _check_flat(entry)
-            assert entry.conn_times == ()
+            _check_layout(entry)
+            assert entry.links == ()
             assert not entry.closing
             assert previous is None or previous <= entry.first_seen, "temporary order broken"
             previous = entry.first_seen
@@ -640,6 +861,26 @@ class PeerTable:
             assert tags, "an empty protection set was kept"
 
 
+def _first_seen_and_seq(entry: PeerEntry) -> tuple[float, int]:
+    return entry.first_seen, entry.seq
+
+
+def _streams_or_zero(conn: Conn) -> int:
+    try:
+        streams = conn.num_streams
+    except Exception:
+        return 0
+    return streams if type(streams) is int and streams >= 0 else 0
+
+
+def _addr_or_none(conn: Conn) -> str | None:
+    try:
+        addr = getattr(conn, "remote_addr", None)
+    except Exception:
+        return None
+    return addr if addr is None or isinstance(addr, str) else str(addr)
+
+
 def _fn_result(value: object) -> int:
     if type(value) is not int:
         raise TypeError(f"fn must return an int, not {type(value).__name__}")
@@ -651,60 +892,20 @@ def _mostly_gone(removed: int, left: int) -> bool:
     return removed >= 1024 and removed > 2 * left
 
 
-def _value_reaching(candidates: list[PeerEntry], target: int) -> int:
-    """The lowest value such that the candidates valued at most it hold `target` open
-    connections (0 < `target` <= what all of them hold)."""
-    conns_at: dict[int, int] = {}
-    for entry in candidates:
-        value = entry.value
-        conns_at[value] = conns_at.get(value, 0) + (len(entry.conn_times) >> 1) - entry.closing
-    covered = 0
-    for value in sorted(conns_at):
-        covered += conns_at[value]
-        if covered >= target:
-            break
-    return value
-
-
-def _default_keys(candidates: list[PeerEntry], max_value: int | None) -> list[tuple[Any, ...]]:
-    """`DefaultPolicy.sort_key(entry) + (entry,)` for each candidate valued at most
-    `max_value` (None: every one), without a call per candidate.
-
-    `_check_invariants` checks that both keys agree.
-    """
-    keyed: list[tuple[Any, ...]] = []
-    append = keyed.append
-    for entry in candidates:
-        if max_value is not None and entry.value > max_value:
-            continue
-        flat = entry.conn_times
-        streams = flat[0].num_streams  # a candidate has a connection
-        if len(flat) > 2:
-            for conn in flat[2::2]:
-                streams += conn.num_streams
-        append(
-            (
-                entry.value,
-                streams > 0,
-                entry.outbound > 0,
-                streams,
-                -entry.first_seen,
-                -entry.seq,
-                entry,
-            )
-        )
-    return keyed
-
-
-def _check_flat(entry: PeerEntry) -> None:
-    """The layouts of `conn_times` and of the tags (see the module docstring)."""
-    flat = entry.conn_times
-    assert type(flat) is tuple, entry
-    assert len(flat) % 2 == 0, entry
-    conns = flat[::2]
-    assert all(isinstance(opened, (int, float)) for opened in flat[1::2]), entry
-    assert len({id(conn) for conn in conns}) == len(conns), f"{entry!r}: duplicate connection"
-    assert all(not isinstance(conn, (int, float)) for conn in conns), entry
+def _check_layout(entry: PeerEntry) -> None:
+    """The layouts of the connections and of the tags (see `PeerEntry`)."""
+    links = entry.links
+    if isinstance(links, tuple):
+        assert len(links) % 3 == 0, entry
+        assert len(links) <= 3 * _PACKED_MAX, entry
+        conns = links[::3]
+        assert all(isinstance(opened, (int, float)) for opened in links[1::3]), entry
+        assert all(isinstance(way, Direction) for way in links[2::3]), entry
+        assert all(not isinstance(conn, (int, float, Direction)) for conn in conns), entry
+        assert len({id(conn) for conn in conns}) == len(conns), f"{entry!r}: duplicate conn"
+    else:
+        assert type(links) is dict, entry
+        assert len(links) > _PACKED_BACK, entry
     names, values = entry.tag_names, entry.tag_values
     assert type(names) is tuple, entry
     assert all(isinstance(name, str) and name for name in names), entry
@@ -712,6 +913,6 @@ def _check_flat(entry: PeerEntry) -> None:
     if names:
         assert type(values) is list, entry
     else:
-        assert values == (), entry
+        assert values is _NO_VALUES, entry
     assert len(values) == len(names), entry
     assert all(type(value) is int for value in values), entry

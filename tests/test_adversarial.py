@@ -37,6 +37,7 @@ async def test_inbound_flood_cannot_close_protected_or_in_grace_peers() -> None:
     clock = FakeClock(start=1_000)
     before = task_ids()
     manager = ConnManager(
+        bounded_count=False,
         low_water=LOW,
         high_water=HIGH,
         grace_period=GRACE,

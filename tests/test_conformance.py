@@ -89,20 +89,26 @@ async def test_tagged_peers_survive_and_negative_ones_go() -> None:  # item 3
 
 async def test_no_trim_when_disabled_at_low_water_or_all_in_grace() -> None:  # item 4
     clock = FakeClock()
-    async with ConnManager(low_water=0, high_water=0, grace_period=0, clock=clock) as cm:
+    async with ConnManager(
+        bounded_count=False, low_water=0, high_water=0, grace_period=0, clock=clock
+    ) as cm:
         conns = open_conns(cm, peers("p", 50))
         await applied(cm)
         assert (await cm.trim_open_conns()).closed == 0
         assert not any(conn.close_calls for conn in conns)
         assert cm.get_info().last_trim is None
 
-    async with ConnManager(low_water=10, high_water=20, grace_period=0, clock=clock) as cm:
+    async with ConnManager(
+        bounded_count=False, low_water=10, high_water=20, grace_period=0, clock=clock
+    ) as cm:
         conns = open_conns(cm, peers("q", 10))
         await applied(cm)
         assert (await cm.trim_open_conns()).closed == 0
         assert not any(conn.close_calls for conn in conns)
 
-    async with ConnManager(low_water=5, high_water=10, grace_period=60, clock=clock) as cm:
+    async with ConnManager(
+        bounded_count=False, low_water=5, high_water=10, grace_period=60, clock=clock
+    ) as cm:
         conns = open_conns(cm, peers("r", 40))
         await applied(cm)
         result = await cm.trim_open_conns()
@@ -223,7 +229,12 @@ async def test_disconnected() -> None:  # item 10
 async def test_grace_period() -> None:  # item 11
     clock = FakeClock()
     async with ConnManager(
-        low_water=10, high_water=20, grace_period=0.1, silence_period=1000, clock=clock
+        bounded_count=False,
+        low_water=10,
+        high_water=20,
+        grace_period=0.1,
+        silence_period=1000,
+        clock=clock,
     ) as cm:
         open_conns(cm, ["first"])
         await applied(cm)
@@ -243,7 +254,12 @@ async def test_grace_period() -> None:  # item 11
 async def test_burst_triggers_at_most_one_trim_per_silence_period() -> None:  # item 12
     clock = FakeClock()
     async with ConnManager(
-        low_water=10, high_water=20, grace_period=0, silence_period=100, clock=clock
+        bounded_count=False,
+        low_water=10,
+        high_water=20,
+        grace_period=0,
+        silence_period=100,
+        clock=clock,
     ) as cm:
         opened: list[FakeConn] = []
         for burst in range(5):
@@ -579,7 +595,12 @@ async def test_closing_connections_are_not_counted_nor_picked_twice() -> None:  
 async def test_background_trim_starts_within_one_silence_period() -> None:  # item 24
     clock = FakeClock()
     async with ConnManager(
-        low_water=5, high_water=10, grace_period=0, silence_period=10, clock=clock
+        bounded_count=False,
+        low_water=5,
+        high_water=10,
+        grace_period=0,
+        silence_period=10,
+        clock=clock,
     ) as cm:
         open_conns(cm, peers("a", 11))
         await applied(cm)
@@ -599,7 +620,12 @@ async def test_background_trim_starts_within_one_silence_period() -> None:  # it
 async def test_background_trim_retries_when_grace_expires() -> None:  # item 24
     clock = FakeClock()
     async with ConnManager(
-        low_water=5, high_water=10, grace_period=30, silence_period=10, clock=clock
+        bounded_count=False,
+        low_water=5,
+        high_water=10,
+        grace_period=30,
+        silence_period=10,
+        clock=clock,
     ) as cm:
         conns = open_conns(cm, peers("p", 20))
         await applied(cm)

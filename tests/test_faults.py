@@ -710,7 +710,7 @@ async def test_bump_function_that_calls_back_into_the_manager() -> None:
 # --- cancellation and shutdown ---------------------------------------------------------------
 
 
-async def test_trim_cancelled_half_way() -> None:
+async def test_cancelling_the_first_caller_never_cuts_a_joiners_trim_short() -> None:
     clock = FakeClock()
     gate = Gate()
     async with running(clock, gate, low_water=0, close_concurrency=2) as manager:
@@ -742,17 +742,67 @@ async def test_trim_cancelled_half_way() -> None:
                 assert gate.started == conns[:2]
                 scope.cancel()
                 await settle()
-                # The two closes already started are shielded: they run to their end.
+                # The joiner still wants the trim: the first caller leaves at once.
+                assert outcome == ["cancelled"]
+                assert gate.cancelled == []
+                gate.released.set()
+        (result,) = joined
+        assert not result.cut_short
+        assert (result.closed, result.failed) == (10, 0)
+        assert all(conn.closed for conn in conns)
+        assert [conn.close_calls for conn in conns] == [1] * 10
+        assert_holds(manager, [])
+
+
+async def test_the_last_caller_to_leave_stops_the_trim() -> None:
+    clock = FakeClock()
+    gate = Gate()
+    async with running(clock, gate, low_water=0, close_concurrency=2) as manager:
+        conns = [FakeConn(f"p{i}", on_close=gate.hook) for i in range(10)]
+        await connect(manager, *conns)
+        for i in range(10):
+            manager.tag_peer(f"p{i}", "t", i)
+
+        outcome: list[str] = []
+        progress: list[TrimResult] = []
+
+        async def trim(scope: anyio.CancelScope) -> None:
+            with scope:
+                await manager.trim_open_conns()
+                outcome.append("returned")
+            if scope.cancelled_caught:
+                outcome.append("cancelled")
+
+        async def join() -> None:
+            progress.append(await manager.trim_open_conns(deadline=clock.now() + 1))
+
+        scope = anyio.CancelScope()
+        async with anyio.create_task_group() as tg:
+            with releasing(clock, gate):
+                tg.start_soon(trim, scope)
+                await settle()
+                tg.start_soon(join)
+                await settle()
+                clock.advance(1)  # the joiner's deadline: it leaves at once, with the progress
+                await settle()
+                (early,) = progress
+                assert early.cut_short
+                assert (early.closed, early.failed) == (0, 0)
+                scope.cancel()  # the last caller leaves: no close starts from now on
+                await settle()
+                # The two closes already started are shielded: they run to their end, and
+                # the last caller waits for them.
                 assert not outcome
                 assert gate.cancelled == []
                 gate.released.set()
         assert outcome == ["cancelled"]
-        assert gate.started == conns[:2], "a close started after the trim was cancelled"
+        assert gate.started == conns[:2], "a close started after the last caller left"
         assert all(conn.closed for conn in conns[:2])
-        (result,) = joined
-        assert result.cut_short
-        assert (result.closed, result.failed) == (2, 0)
         assert_holds(manager, conns[2:])
+        last = manager.last_trim_result
+        assert last is not None
+        assert last.cut_short
+        assert last.outcomes == {"closed": 2, "not_started": 8}
 
         # A later trim takes up the rest; nothing is closed twice.
         result = await manager.trim_open_conns()

@@ -157,12 +157,14 @@ async def connect_all(hub: IHost, peers: list[IHost]) -> None:
 
 
 def manager(low_water: int, high_water: int, clock: FakeClock) -> ConnManager:
+    # The reference's grace (every newcomer left alone): these tests count on it.
     return ConnManager(
         low_water=low_water,
         high_water=high_water,
         grace_period=GRACE,
         silence_period=1.0,
         clock=clock,
+        bounded_count=False,
     )
 
 

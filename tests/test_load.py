@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import random
 import tracemalloc
+import weakref
 from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 
@@ -17,7 +18,7 @@ import anyio.lowlevel
 import pytest
 
 from asyncconnmgr import ConnManager, Direction
-from asyncconnmgr._manager import _REMEMBERED_CLOSES, _REMEMBERED_ENDED
+from asyncconnmgr._ledger import REMEMBERED_CLOSES
 from asyncconnmgr.testing import FakeClock, settle
 
 pytestmark = pytest.mark.anyio
@@ -168,12 +169,13 @@ async def test_trims_whose_disconnected_never_comes_stay_correct_and_bounded() -
     # A host may never report the closes the manager makes; the manager then remembers the
     # connections it closed, so that a late report is recognised. That memory is bounded:
     # past its limit the oldest are forgotten, one for each new one, and the trims go on
-    # closing exactly what they should.
+    # closing exactly what they should. It holds them weakly: none is kept alive by it.
     clock = FakeClock()
     manager = ConnManager(
         low_water=0, high_water=10 * SILENT_ROUND, grace_period=0, close_concurrency=64, clock=clock
     )
     notifiee = manager.notifee()
+    closed: list[weakref.ref[LoadConn]] = []
     async with manager:
         for round_ in range(SILENT_ROUNDS):
             conns = [LoadConn((round_, i)) for i in range(SILENT_ROUND)]
@@ -185,10 +187,21 @@ async def test_trims_whose_disconnected_never_comes_stay_correct_and_bounded() -
             assert all(conn.close_calls == 1 for conn in conns)
             info = manager.get_info()
             assert (info.conn_count, info.peer_count, info.ignored_notifications) == (0, 0, 0)
-            assert len(manager._unconfirmed) <= _REMEMBERED_CLOSES
-            assert len(manager._ended) <= _REMEMBERED_ENDED
-        assert SILENT_ROUNDS * SILENT_ROUND > 2 * _REMEMBERED_CLOSES  # well past the limit
+            closed += [weakref.ref(conn) for conn in conns[::100]]
+            del conns
+        assert SILENT_ROUNDS * SILENT_ROUND > 2 * REMEMBERED_CLOSES  # well past the limit
         manager._check_invariants()
+        gc.collect()
+        assert [ref for ref in closed if ref() is not None] == []
+        # A report that comes at last, for connections the host still holds, is expected.
+        late = [LoadConn(("late", i)) for i in range(10)]
+        for conn in late:
+            notifiee.connected(conn)
+        assert (await manager.trim_open_conns()).closed == 10
+        for conn in late:
+            notifiee.disconnected(conn)
+        await manager.flush()
+        assert manager.get_info().ignored_notifications == 0
 
 
 # --- a 100,000-connection table, trimmed again and again ----------------------------------------

@@ -20,7 +20,12 @@ from .util import applied, open_conns
 async def test_background_trim_under_pytest_asyncio() -> None:
     clock = FakeClock()
     async with ConnManager(
-        low_water=3, high_water=5, grace_period=1, silence_period=1, clock=clock
+        bounded_count=False,
+        low_water=3,
+        high_water=5,
+        grace_period=1,
+        silence_period=1,
+        clock=clock,
     ) as cm:
         conns = open_conns(cm, [f"p{i}" for i in range(8)])
         cm.protect("p0", "relay")

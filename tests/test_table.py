@@ -47,7 +47,7 @@ class TableMachine(RuleBasedStateMachine):
         self.seq = 0
         self.peers: dict[str, ModelPeer] = {}
         self.protected: dict[str, set[str]] = {}
-        self.closing: set[FakeConn] = set()
+        self.closing: dict[FakeConn, None] = {}  # ordered, so draws are repeatable
 
     def clock(self) -> float:
         return self.now
@@ -61,7 +61,7 @@ class TableMachine(RuleBasedStateMachine):
     def _open(self, peer: str, outbound: bool, streams: int) -> FakeConn:
         direction = Direction.OUTBOUND if outbound else Direction.INBOUND
         conn = FakeConn(peer, direction=direction, num_streams=streams)
-        assert self.table.add_conn(conn, self.now)
+        assert self.table.add_conn(conn, self.now) is not None
         model = self.peers.get(peer)
         if model is None:
             model = self.peers[peer] = ModelPeer(self._new_seq(), self.now, temp=False)
@@ -91,20 +91,25 @@ class TableMachine(RuleBasedStateMachine):
     def connect_several(self, batch: list[tuple[str, bool, int]]) -> MultipleResults[FakeConn]:
         return multiple(*[self._open(*args) for args in batch])
 
+    @rule(target=conns, peer=PEERS, count=st.integers(17, 24))
+    def connect_many(self, peer: str, count: int) -> MultipleResults[FakeConn]:
+        # Beyond 16 connections a peer keeps them in a dict: both layouts are exercised.
+        return multiple(*[self._open(peer, i % 3 == 0, i % 2) for i in range(count)])
+
     @rule(conn=conns)
     def duplicate_connect(self, conn: FakeConn) -> None:
         # Connections leave the bundle when they disconnect, so this one is known.
-        assert self.table.has_conn(conn)
-        assert not self.table.add_conn(conn, self.now)
+        assert self.table.entry_of(conn) is not None
+        assert self.table.add_conn(conn, self.now) is None
 
     @rule(conn=consumes(conns))
     def disconnect(self, conn: FakeConn) -> None:
         peer = str(conn.remote_peer)
         model = self.peers[peer]
-        assert self.table.remove_conn(conn)
-        assert not self.table.remove_conn(conn)  # a second disconnected changes nothing
+        assert self.table.remove_conn(conn) is not None
+        assert self.table.remove_conn(conn) is None  # a second disconnected changes nothing
         model.conns.discard(conn)
-        self.closing.discard(conn)
+        self.closing.pop(conn, None)
         if not model.conns:
             del self.peers[peer]
 
@@ -157,7 +162,10 @@ class TableMachine(RuleBasedStateMachine):
 
     @rule(low_water=st.integers(0, 6), mark=st.booleans())
     def plan(self, low_water: int, mark: bool) -> None:
-        plan = self.table.plan_trim(self.now, low_water, DefaultPolicy())
+        found = self.table.candidates(self.now)
+        target = found.count - low_water
+        ordered = DefaultPolicy().select(found.eligible, target, self.now)
+        plan = self.table.choose(ordered, target)  # type: ignore[arg-type]
         candidates = []
         eligible = 0
         for peer, model in self.peers.items():
@@ -167,8 +175,9 @@ class TableMachine(RuleBasedStateMachine):
             if open_conns:
                 candidates.append((peer, model, open_conns))
                 eligible += len(open_conns)
+        assert found.count == found.eligible_count == eligible
+        assert found.over_budget == []
         target = max(eligible - low_water, 0)
-        assert (plan.eligible, plan.target) == (eligible, target)
 
         def key(item: tuple[str, ModelPeer, list[FakeConn]]) -> tuple[object, ...]:
             _, model, _ = item
@@ -187,20 +196,20 @@ class TableMachine(RuleBasedStateMachine):
             expected_conns += open_conns
             covered += len(open_conns)
         event(f"victims={min(len(expected), 4)} of {min(len(candidates), 4)} candidates")
-        assert [victim.peer for victim in plan.victims] == expected
+        assert [entry.peer for entry in plan.entries] == expected
         assert set(plan.conns) == set(expected_conns)
+        assert sum(plan.sizes) == len(plan.conns)
         if mark:
-            for conn in expected_conns:
-                assert self.table.mark_closing(conn)
-                assert not self.table.mark_closing(conn)  # never picked twice
-                self.closing.add(conn)
+            assert set(self.table.mark_closing(expected_conns)) == set(expected_conns)
+            assert self.table.mark_closing(expected_conns) == []  # never picked twice
+            self.closing.update(dict.fromkeys(expected_conns))
 
     @precondition(lambda self: bool(self.closing))
     @rule(data=st.data())
     def unmark(self, data: st.DataObject) -> None:
-        conn = data.draw(st.sampled_from(sorted(self.closing, key=id)))
+        conn = data.draw(st.sampled_from(list(self.closing)))
         assert self.table.unmark_closing(conn)
-        self.closing.discard(conn)
+        del self.closing[conn]
 
     # -- invariants ---------------------------------------------------------------------
 
@@ -212,6 +221,16 @@ class TableMachine(RuleBasedStateMachine):
         assert self.table.conn_count == total - len(self.closing)
         assert self.table.closing_count == len(self.closing)
         assert self.table.peer_count == len(real)
+        by_direction = self.table.conns_by_direction()
+        outbound = sum(
+            1
+            for m in real.values()
+            for c in m.conns
+            if c.direction is Direction.OUTBOUND and c not in self.closing
+        )
+        assert by_direction["outbound"] == outbound
+        assert sum(by_direction.values()) == self.table.conn_count
+        assert sum(self.table.closing_by_direction().values()) == len(self.closing)
         assert self.table.temporary_count == len(self.peers) - len(real)
         for peer, model in self.peers.items():
             info = self.table.tag_info(peer)
