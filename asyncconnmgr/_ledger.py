@@ -73,13 +73,14 @@ class ConnMemory:
         `disconnected` the host reports)."""
         try:
             refs = list(map(weakref.ref, conns))
-        except TypeError:
-            weak = [conn for conn in conns if _weakable(conn)]
+        except TypeError:  # some cannot be weakly referenced: the strong memory takes them
+            weakable = [conn for conn in conns if _weakable(conn)]
             for conn in conns:
                 if not _weakable(conn):
                     self._add_strong(conn)
-            refs = list(map(weakref.ref, weak))
-        ids = [id(ref()) for ref in refs]
+            conns = weakable
+            refs = list(map(weakref.ref, conns))
+        ids = list(map(id, conns))
         self._weak.update(zip(ids, refs, strict=True))
         # One slot per addition, even for an id already known (its object died and the id
         # was reused): the ring fills at the pace of the churn, so the memory held stops
@@ -177,7 +178,9 @@ class Ledger:
         add_conn = table.add_conn
         remove_conn = table.remove_conn
         ended = self.ended
-        remember = bool(ended)
+        # `conn in ended`, inline (see `ConnMemory.__contains__`): this runs per `connected`.
+        weak = ended._weak
+        strong = ended._strong
         # Ended in this batch: not in `ended` yet, and must not get back in the table either.
         ended_now: dict[Conn, None] = {}
         cutoff = now - table.grace_period
@@ -187,7 +190,12 @@ class Ledger:
             connected, conn = popleft()
             try:
                 if connected:
-                    if (remember and conn in ended) or (ended_now and conn in ended_now):
+                    if weak:
+                        ref = weak.get(id(conn))
+                        if ref is not None and ref() is conn:
+                            self.ignore("connected after its disconnected", conn)
+                            continue
+                    if (ended_now and conn in ended_now) or (strong and conn in strong):
                         self.ignore("connected after its disconnected", conn)
                         continue
                     entry = add_conn(conn, now)

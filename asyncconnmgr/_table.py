@@ -69,6 +69,7 @@ _NO_VALUES: list[int] = cast("list[int]", ())
 _PACKED_MAX = 16
 #: ... and goes back to a tuple once it has this many or fewer.
 _PACKED_BACK = 8
+_PACKED_LEN = 3 * _PACKED_MAX
 
 
 class PeerEntry:
@@ -337,6 +338,12 @@ class PeerTable:
             return None
         peer = conn.remote_peer
         direction = conn.direction
+        if direction is _OUTBOUND:
+            outbound = True
+        else:
+            outbound = False
+            if direction is not _INBOUND:
+                direction = _UNKNOWN
         entry = self._peers.get(peer)
         if entry is None:
             entry = self._temp.pop(peer, None) if self._temp else None
@@ -346,13 +353,18 @@ class PeerTable:
             else:
                 entry.first_seen = now  # grace starts at the connection, not the early tag
             self._peers[peer] = entry
-        if direction is _OUTBOUND:
+            entry.links = (conn, now, direction)
+        else:
+            links = entry.links
+            if isinstance(links, tuple) and len(links) < _PACKED_LEN:
+                entry.links = links + (conn, now, direction)  # noqa: RUF005 - one allocation
+            else:
+                entry._add(conn, now, direction)
+        if outbound:
             entry.outbound += 1
             self._outbound_total += 1
-        elif direction is not _INBOUND:
-            direction = _UNKNOWN
+        elif direction is _UNKNOWN:
             self._unknown_total += 1
-        entry._add(conn, now, direction)
         conns[conn] = entry
         return entry
 
@@ -362,7 +374,17 @@ class PeerTable:
         entry = self._conns.pop(conn, None)
         if entry is None:
             return None
-        direction = entry._remove(conn)
+        links = entry.links
+        if isinstance(links, tuple):  # `PeerEntry._remove`, inline: this is the hot path
+            if len(links) == 3:
+                direction = links[2]
+                entry.links = ()
+            else:
+                at = links.index(conn)
+                direction = links[at + 2]
+                entry.links = links[:at] + links[at + 3 :]
+        else:
+            direction = entry._remove(conn)
         closing = bool(entry.closing) and conn in self._closing
         if closing:
             self._closing.discard(conn)
