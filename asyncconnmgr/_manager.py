@@ -51,7 +51,7 @@ from ._decay import BumpFn, DecayFn, DecayingTag
 from ._errors import LimitExceededError, ManagerClosedError
 from ._events import EventQueue, ManagerNotifiee, TrimSubscription
 from ._ledger import Ledger
-from ._models import OUTCOMES, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
+from ._models import OUTCOMES, TRIGGERS, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
 from ._policy import DefaultPolicy, TrimPolicy, as_policy, reason_of
 from ._table import Candidates, Choice, PeerEntry, PeerTable
 from .abc import Clock, Conn, Notifiee, PeerId
@@ -242,7 +242,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._subscriptions: list[TrimSubscription] = []
         self._listeners: dict[int, Callable[[TrimResult], object]] = {}
         self._listener_ids = itertools.count()
-        self._trims: dict[str, int] = {}
+        # Trims by trigger, every trigger present (a preview is not a trim).
+        self._trims = dict.fromkeys((t for t in TRIGGERS if t != "preview"), 0)
         self._pruned: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._pruned_peers = 0
         self._decay_failures = 0
