@@ -873,8 +873,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         try:
             await self._closer.run(run, report)
         finally:
-            for conn in run.conns[run.started :]:
-                ledger.close_not_done(conn)
+            ledger.closes_not_started(run.conns[run.started :])
             ledger.settle()
             if run.started == 0 and flight.target > 0 and flight.choice.conns:
                 # No close started (the deadline had passed, or every caller left at once):

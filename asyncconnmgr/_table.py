@@ -448,6 +448,8 @@ class PeerTable:
         closing = self._closing
         table = self._conns
         marked: list[Conn] = []
+        any_unknown = bool(self._unknown_total)
+        outbound = unknown = 0
         for conn in conns:
             entry = table.get(conn)
             if entry is None or conn in closing:
@@ -455,8 +457,19 @@ class PeerTable:
             closing.add(conn)
             entry.closing += 1
             marked.append(conn)
-            if entry.dirs or self._unknown_total:
-                self._count_closing(entry, conn, 1)
+            dirs = entry.dirs
+            if dirs or any_unknown:  # `_count_closing`, inline: a trim marks thousands
+                links = entry.links
+                if isinstance(links, tuple):
+                    code = (dirs >> links.index(conn)) & 3
+                else:
+                    code = _CODE[links[conn][1]]
+                if code == 1:
+                    outbound += 1
+                elif code:
+                    unknown += 1
+        self._closing_outbound += outbound
+        self._closing_unknown += unknown
         return marked
 
     def unmark_closing(self, conn: Conn) -> bool:
@@ -469,6 +482,32 @@ class PeerTable:
         if entry.dirs or self._unknown_total:
             self._count_closing(entry, conn, -1)
         return True
+
+    def unmark_many(self, conns: Iterable[Conn]) -> None:
+        """`unmark_closing` of each connection (the closes a trim never started)."""
+        closing = self._closing
+        table = self._conns
+        any_unknown = bool(self._unknown_total)
+        outbound = unknown = 0
+        for conn in conns:
+            if conn not in closing:
+                continue
+            closing.discard(conn)
+            entry = table[conn]
+            entry.closing -= 1
+            dirs = entry.dirs
+            if dirs or any_unknown:
+                links = entry.links
+                if isinstance(links, tuple):
+                    code = (dirs >> links.index(conn)) & 3
+                else:
+                    code = _CODE[links[conn][1]]
+                if code == 1:
+                    outbound += 1
+                elif code:
+                    unknown += 1
+        self._closing_outbound -= outbound
+        self._closing_unknown -= unknown
 
     def _count_closing(self, entry: PeerEntry, conn: Conn, delta: int) -> None:
         direction = entry.direction_of(conn)
@@ -769,7 +808,8 @@ class PeerTable:
                 continue
             if entry in protected:
                 continue
-            open_conns = entry.open_conns
+            links = entry.links  # `entry.open_conns`, inline: this runs for every peer
+            open_conns = (len(links) >> 1 if type(links) is tuple else len(links)) - entry.closing
             if open_conns <= 0:
                 continue
             eligible.append(entry)
@@ -852,6 +892,7 @@ class PeerTable:
         sizes: list[int] = []
         seen: set[int] = set()
         closing = self._closing
+        table = self._conns
         covered = 0
         if target <= 0:
             return Choice()
@@ -860,11 +901,16 @@ class PeerTable:
                 raise TypeError(
                     f"a policy must return the candidates it was given, not {type(entry).__name__}"
                 )
-            if id(entry) in seen or self._peers.get(entry.peer) is not entry:
-                continue
-            seen.add(id(entry))
             links = entry.links
-            closable: Sequence[Conn] = links[::2] if isinstance(links, tuple) else list(links)
+            if not links or id(entry) in seen:
+                continue  # gone since it was handed out, or given twice
+            if type(links) is tuple:
+                closable: Sequence[Conn] = links[::2]
+            else:
+                closable = list(links)
+            if table.get(closable[0]) is not entry:
+                continue  # not this table's (the test costs a hash of a conn, not of a peer)
+            seen.add(id(entry))
             if entry.closing:
                 closable = [conn for conn in closable if conn not in closing]
             if not closable:
