@@ -46,6 +46,10 @@ class Boom(Exception):
     """What a failing handler raises."""
 
 
+def fail(peer: str) -> None:
+    raise Boom(peer)
+
+
 # --- the server ----------------------------------------------------------------------------
 
 
@@ -111,7 +115,7 @@ class Server:
                         while True:
                             await send(FLOOD)
                 elif how == "raise":
-                    raise Boom(peer)
+                    fail(peer)
                 elif how == "return":
                     outcome = "returned"
                 elif how == "close_self":
@@ -290,7 +294,7 @@ async def test_trimmed_sockets_see_eof_and_the_counts_agree(kind: str) -> None:
             result = await manager.trim_open_conns()
 
             # 29 eligible (one protected), low water 10: 19 closed, the tagged ones kept.
-            closed = {victim.peer for victim in result.victims}
+            closed = {str(victim.peer) for victim in result.victims}
             assert result.outcomes == {"closed": 19}
             assert len(closed) == 19
             assert closed.isdisjoint({"peer-00", *peers[1:4]})
@@ -311,15 +315,18 @@ async def test_trimmed_sockets_see_eof_and_the_counts_agree(kind: str) -> None:
 @SERVERS
 async def test_remote_addr_is_the_clients_address(kind: str) -> None:
     clock = FakeClock()
-    async with a_manager(clock) as manager, Server(manager, kind).running() as server:
-        async with clients(server, ["peer-a"]) as conns:
-            port = conns["peer-a"].stream.extra(anyio.abc.SocketAttribute.local_port)
-            conn = server.conns["peer-a"]
-            assert conn.remote_addr == f"127.0.0.1:{port}"
-            assert conn.remote_peer == "peer-a"
-            assert conn.direction is Direction.INBOUND
-            status = manager.explain("peer-a")
-            assert status.conns == 1
+    async with (
+        a_manager(clock) as manager,
+        Server(manager, kind).running() as server,
+        clients(server, ["peer-a"]) as conns,
+    ):
+        port = conns["peer-a"].stream.extra(anyio.abc.SocketAttribute.local_port)
+        conn = server.conns["peer-a"]
+        assert conn.remote_addr == f"127.0.0.1:{port}"
+        assert conn.remote_peer == "peer-a"
+        assert conn.direction is Direction.INBOUND
+        status = manager.explain("peer-a")
+        assert status.conns == 1
 
 
 # --- a peer that never reads ----------------------------------------------------------------
@@ -460,14 +467,17 @@ async def test_server_shutdown_aborts_and_reports_every_connection(kind: str) ->
 @SERVERS
 async def test_trims_read_the_stream_count(kind: str) -> None:
     clock = FakeClock()
-    async with a_manager(clock, low_water=1) as manager, Server(manager, kind).running() as server:
-        async with clients(server, ["idle", "busy"]):
-            busy = server.conns["busy"]
-            with busy.open_stream():
-                assert busy.num_streams == 1
-                result = await manager.trim_open_conns()
-            assert busy.num_streams == 0
-            assert [victim.peer for victim in result.victims] == ["idle"]
+    async with (
+        a_manager(clock, low_water=1) as manager,
+        Server(manager, kind).running() as server,
+        clients(server, ["idle", "busy"]),
+    ):
+        busy = server.conns["busy"]
+        with busy.open_stream():
+            assert busy.num_streams == 1
+            result = await manager.trim_open_conns()
+        assert busy.num_streams == 0
+        assert [victim.peer for victim in result.victims] == ["idle"]
 
 
 async def test_streams_callable_and_counter() -> None:
