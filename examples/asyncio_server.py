@@ -109,7 +109,7 @@ class Client:
                 self.received += len(data)
                 self.got_data.set()
             self.end = "eof"
-        except ConnectionResetError:
+        except ConnectionError:  # reset (or a broken pipe: reset after our EOF)
             self.end = "reset"
         self.writer.close()
 
