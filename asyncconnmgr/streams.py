@@ -27,6 +27,8 @@ trim reports the connection "aborted". A cancelled close always aborts, so no cl
 leaves a socket half-open. When the body ends by itself (it returned or raised), the
 connection is closed the same graceful way, bounded by the manager's `close_timeout` on the
 manager's clock, then aborted: one rule for both ends, and tests drive it with `FakeClock`.
+When the body is cancelled from outside (the server shutting down), the connection is
+aborted at once.
 
 The connection objects (`AnyioStreamConn`, `AsyncioStreamConn`) can also be used without
 `managed_stream`, by a host that reports `connected`/`disconnected` itself.
@@ -58,6 +60,7 @@ from .abc import Clock, Direction, Notifiee, PeerId
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
+    "AnyStream",
     "AnyioStreamConn",
     "AsyncioStreamConn",
     "StreamConn",
@@ -248,6 +251,9 @@ class StreamConn:
         aborts the connection: the socket is dropped at once, never left half-open; the
         cancellation is re-raised. Called again, or while another close runs, it waits for
         that close to end. Idempotent; never raises for a peer's misbehaviour.
+
+        Call it from the handler's own task or from outside the handler: from a task the
+        handler started, cancelling the handler cancels the close too, which then aborts.
         """
         self.close_requested = True
         if self._state != _OPEN:
@@ -339,6 +345,10 @@ class AnyioStreamConn(StreamConn):
     """An anyio byte stream over a socket, as a connection: an anyio `SocketStream`, or any
     `ByteStream` exposing its socket through `SocketAttribute.raw_socket` (a TLS stream,
     a buffered stream).
+
+    On anyio's asyncio backend, closing a stream discards what its transport still
+    buffers; the graceful close first waits for the peer's EOF, so only a peer that closes
+    its side before reading everything can miss the end of the data.
 
     Arguments: `stream`; `peer` (any hashable id but None, from the host's handshake);
     `direction` (a `Direction`; `INBOUND` by default); `streams` (a callable returning the
@@ -585,7 +595,8 @@ def managed_stream(
     count with `conn.num_streams` / `conn.open_stream()`).
 
     Raises TypeError/ValueError naming the argument, before anything is reported. Enter it
-    from the handler's own task; the body runs in that task.
+    from the handler's own task; the body runs in that task. Entering never waits (it is
+    not a checkpoint), so there is no cancelled entry to clean up after.
     """
     notifiee = _notifiee_of(manager)
     conn = _wrap(stream, peer, _check_direction(direction), streams)

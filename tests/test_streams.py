@@ -524,6 +524,27 @@ async def test_an_ended_connection_is_not_kept_alive() -> None:
 # --- other managers, other streams -----------------------------------------------------------
 
 
+async def test_a_wrapped_stream_reported_by_the_host_itself() -> None:
+    # No managed_stream: the host reports the connection, and a trim closes it gracefully.
+    clock = FakeClock()
+    async with a_manager(clock, low_water=0) as manager, tcp_pair() as (server_side, client_side):
+        conn = AnyioStreamConn(server_side, peer="p", direction=Direction.OUTBOUND)
+        manager.notifee().connected(conn)
+        await manager.flush()
+        assert manager.get_info().conns_by_direction["outbound"] == 1
+        client = Client("p", client_side)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.read_until_end)
+            result = await manager.trim_open_conns()
+            assert result.outcomes == {"closed": 1}
+            assert await client.wait_end() == "eof"
+        assert conn.closed
+        manager.notifee().disconnected(conn)
+        assert await count(manager) == 0
+        assert manager.get_info().ignored_notifications == 0
+        assert manager.get_info().conns_by_direction["outbound"] == 0
+
+
 async def test_with_a_null_manager() -> None:
     async with tcp_pair() as (server_side, client_side):
         client = Client("p", client_side)
