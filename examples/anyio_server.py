@@ -136,7 +136,7 @@ def why(victim: Victim) -> str:
 def report(result: TrimResult) -> None:
     print(
         f"trim ({result.trigger}): {result.target} connection(s) over low water, "
-        f"{result.closed} closed, outcomes {dict(result.outcomes)}"
+        f"{result.closed} closed in {result.duration or 0:.2f} s, outcomes {dict(result.outcomes)}"
     )
     for (outcome, reason), n in sorted(
         Counter((v.outcome, why(v)) for v in result.victims).items()
