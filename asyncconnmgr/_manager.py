@@ -593,6 +593,16 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         )
 
     @property
+    def clock(self) -> Clock:
+        """The clock every timer of this manager runs on (the injected one, or anyio's)."""
+        return self._clock
+
+    @property
+    def close_timeout(self) -> float:
+        """How long one close may run before it is given up (or aborted), on `clock`."""
+        return self._config.close_timeout
+
+    @property
     def last_trim_result(self) -> TrimResult | None:
         """The `TrimResult` of the most recent trim that ended (background or explicit)."""
         return self._last_result

@@ -524,7 +524,7 @@ def _close_bound(manager: object) -> tuple[Clock, float]:
     `close_timeout` on its clock, so that a trim's close and a handler's close follow one
     rule (and a test moves both with its `FakeClock`)."""
     if isinstance(manager, ConnManager):
-        return manager._clock, manager._config.close_timeout
+        return manager.clock, manager.close_timeout
     return AnyioClock(), DEFAULT_CLOSE_TIMEOUT
 
 
