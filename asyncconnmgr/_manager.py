@@ -624,10 +624,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """
         size = check_int("max_buffer", max_buffer, minimum=1)
         subscription = TrimSubscription(size, self._subscriptions.remove)
+        self._subscriptions.append(subscription)
         if self._state is _State.CLOSED:
-            subscription.close()
-        else:
-            self._subscriptions.append(subscription)
+            subscription.close()  # an iteration that has ended (closing removes it again)
         return subscription
 
     def _end_subscriptions(self) -> None:

@@ -394,6 +394,15 @@ async def test_the_iteration_ends_when_the_manager_closes() -> None:
     assert reader.seen == [returned]
 
 
+async def test_subscribing_to_a_closed_manager_gives_an_iteration_that_has_ended() -> None:
+    clock = FakeClock()
+    async with running(clock, low_water=0, high_water=100) as manager:
+        await one_trim(manager, "p")
+    with manager.subscribe() as results:
+        assert [result async for result in results] == []
+    assert results.lost == 0
+
+
 async def test_leaving_the_with_stops_delivery() -> None:
     clock = FakeClock()
     reader = Reader()
