@@ -795,6 +795,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         table = self._table
         candidates = table.candidates(now)
         self._log_stream_failures()
+        if self._config.trimming_disabled:
+            return candidates, 0, Choice()
         target = self._target(candidates)
         over = candidates.count - candidates.eligible_count
         if target <= 0 and over <= 0:

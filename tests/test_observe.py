@@ -624,6 +624,18 @@ async def test_preview_closes_nothing_and_changes_nothing() -> None:
             assert [v.outcome for v in result.victims] == ["closed", "closed"]
 
 
+async def test_preview_and_explain_close_nobody_when_trimming_is_disabled() -> None:
+    clock = FakeClock()
+    async with running(clock, low_water=0, high_water=0) as manager:
+        conns = connect(manager, {"a": 0, "b": 1})
+        await manager.flush()
+        assert manager.preview_trim().victims == ()
+        status = manager.explain("a")
+        assert (status.state, status.would_close) == ("candidate", False)
+        assert (await manager.trim_open_conns()).victims == ()
+        assert [conn.close_calls for conn in conns] == [0, 0]
+
+
 # --- bad input ---------------------------------------------------------------------------------
 
 
