@@ -678,7 +678,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         everyone = candidates.eligible + candidates.over_budget
         if entry not in everyone:
             until = entry.first_seen + cfg.grace_period
-            return PeerStatus(peer, "in_grace", value, conns, entry.streams, outbound, until=until)
+            # `entry.streams` is read only for candidates: read this peer's streams now.
+            streams = sum(conn.streams for conn in entry.connections)
+            return PeerStatus(peer, "in_grace", value, conns, streams, outbound, until=until)
         self._log_stream_failures()
         order = [
             *self._order(candidates.eligible, candidates.count, now),

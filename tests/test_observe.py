@@ -515,6 +515,22 @@ async def test_explain_a_protected_peer() -> None:
         assert manager.explain("p").state == "candidate"
 
 
+async def test_explain_a_peer_in_grace() -> None:
+    clock = FakeClock()
+    async with running(clock, low_water=0, high_water=100, grace_period=10) as manager:
+        clock.advance(5)
+        connect(manager, {"g": 3}, direction=Direction.OUTBOUND, streams=2)
+        status = manager.explain("g")
+        assert status == PeerStatus(
+            "g", "in_grace", value=3, conns=1, streams=2, outbound=1, until=15
+        )
+        assert (await manager.trim_open_conns()).victims == ()
+        clock.advance(10)
+        await settle()
+        status = manager.explain("g")
+        assert (status.state, status.rank, status.would_close) == ("candidate", 0, True)
+
+
 async def test_explain_a_peer_being_closed() -> None:
     clock = FakeClock()
     gate = Gate()
