@@ -19,7 +19,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import attrs
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from asyncconnmgr import (
     OUTCOMES,
@@ -650,6 +653,188 @@ async def test_preview_and_explain_close_nobody_when_trimming_is_disabled() -> N
         assert (status.state, status.would_close) == ("candidate", False)
         assert (await manager.trim_open_conns()).victims == ()
         assert [conn.close_calls for conn in conns] == [0, 0]
+
+
+# --- preview and explain agree with the next trim (a property) -------------------------------
+
+NOW = 20
+GRACE = 10
+
+
+@attrs.frozen
+class PeerSpec:
+    """One peer of a random table: its tags, protections, connections (none: a temporary
+    entry) and when it connects (or is tagged)."""
+
+    tags: tuple[int, ...]
+    protections: tuple[str, ...]
+    conns: tuple[tuple[Direction, int], ...]
+    at: int
+
+    @property
+    def value(self) -> int:
+        return sum(self.tags)
+
+    @property
+    def in_grace(self) -> bool:
+        return self.at > NOW - GRACE
+
+
+@attrs.frozen
+class TableSpec:
+    low_water: int
+    disabled: bool
+    grace_budget: int | None
+    peers: tuple[PeerSpec, ...]
+
+
+CONNS = st.lists(
+    st.tuples(st.sampled_from(list(Direction)), st.integers(0, 2)), min_size=1, max_size=3
+)
+PEERS = st.builds(
+    PeerSpec,
+    tags=st.lists(st.integers(-3, 3), max_size=2).map(tuple),
+    protections=st.sampled_from([(), (), (), (), (), ("a",), ("a", "b")]),
+    # One peer in five is only tagged: a temporary entry.
+    conns=st.sampled_from([True, True, True, True, False]).flatmap(
+        lambda connected: CONNS.map(tuple) if connected else st.just(())
+    ),
+    # Mostly past grace (connected by NOW - GRACE), some in it.
+    at=st.integers(0, NOW - GRACE) | st.integers(0, NOW),
+)
+TABLES = st.builds(
+    TableSpec,
+    low_water=st.sampled_from([0, 0, 1, 2, 4]),
+    disabled=st.sampled_from([False] * 7 + [True]),
+    grace_budget=st.none() | st.integers(0, 4),
+    peers=st.lists(PEERS, min_size=3, max_size=10).map(tuple),
+)
+
+
+async def build_table(manager: ConnManager, clock: FakeClock, spec: TableSpec) -> list[FakeConn]:
+    """Drives the manager to the table `spec` describes, at time NOW."""
+    notifiee = manager.notifee()
+    conns: list[FakeConn] = []
+    for t in range(NOW + 1):
+        clock.advance(t - clock.now())
+        await settle()
+        for index, peer_spec in enumerate(spec.peers):
+            if peer_spec.at != t:
+                continue
+            peer = f"p{index}"
+            for number, value in enumerate(peer_spec.tags or (0,)):
+                manager.tag_peer(peer, f"t{number}", value)
+            for tag in peer_spec.protections:
+                manager.protect(peer, tag)
+            for direction, streams in peer_spec.conns:
+                conn = FakeConn(peer, direction=direction, num_streams=streams, notifiee=notifiee)
+                notifiee.connected(conn)
+                conns.append(conn)
+        await manager.flush()  # applied now, at time t
+    await settle()
+    return conns
+
+
+def expected_state(spec: TableSpec, peer_spec: PeerSpec) -> set[str]:
+    if not peer_spec.conns:
+        return {"temporary"} if peer_spec.in_grace else {"unknown"}
+    if peer_spec.protections:
+        return {"protected"}
+    if peer_spec.in_grace:
+        return {"in_grace"} if spec.grace_budget is None else {"in_grace", "candidate"}
+    return {"candidate"}
+
+
+async def check_preview_and_explain(spec: TableSpec) -> None:
+    clock = FakeClock()
+    manager = ConnManager(
+        low_water=0 if spec.disabled else spec.low_water,
+        high_water=0 if spec.disabled else 1000,
+        grace_period=GRACE,
+        silence_period=10,
+        bounded_count=spec.grace_budget is not None,
+        grace_budget=spec.grace_budget,
+        clock=clock,
+    )
+    names = [f"p{index}" for index in range(len(spec.peers))]
+    with anyio.fail_after(HANG_GUARD):
+        async with manager:
+            conns = await build_table(manager, clock, spec)
+            info = manager.get_info()
+            tags = {peer: manager.get_tag_info(peer) for peer in names}
+
+            preview = manager.preview_trim()
+            statuses = {peer: manager.explain(peer) for peer in names}
+
+            assert manager.get_info() == info
+            assert {peer: manager.get_tag_info(peer) for peer in names} == tags
+            assert not any(conn.close_calls for conn in conns)
+            result = await manager.trim_open_conns()
+
+    # The preview named the victims of the trim, in its order, with the same details.
+    victims = peers_of(result)
+    assert peers_of(preview) == victims
+    assert [(v.value, v.conns, v.reason) for v in preview.victims] == [
+        (v.value, v.conns, v.reason) for v in result.victims
+    ]
+    assert preview.target == result.target
+    assert {conn.remote_peer for conn in conns if conn.close_calls} == set(victims)
+    if spec.disabled:
+        assert victims == []
+
+    # explain: would_close is true exactly for the victims; ranks order the candidates.
+    assert {peer for peer, status in statuses.items() if status.would_close} == set(victims)
+    candidates = {peer: s for peer, s in statuses.items() if s.state == "candidate"}
+    ranks: dict[str, int] = {}
+    for peer, status in candidates.items():
+        assert status.rank is not None
+        assert status.candidates == len(candidates)
+        ranks[peer] = status.rank
+    assert sorted(ranks.values()) == list(range(len(candidates)))
+    victim_ranks = [ranks[str(peer)] for peer in victims]
+    assert victim_ranks == sorted(victim_ranks)
+    # Eligible peers come before peers in grace beyond the budget; in each group, the trim
+    # closes the candidates ranked first.
+    by_peer = dict(zip(names, spec.peers, strict=True))
+    eligible = [peer for peer in candidates if not by_peer[peer].in_grace]
+    over_budget = [peer for peer in candidates if by_peer[peer].in_grace]
+    assert max((ranks[peer] for peer in eligible), default=-1) < min(
+        (ranks[peer] for peer in over_budget), default=len(candidates)
+    )
+    event(f"victims: {min(len(victims), 3)}{'+' if len(victims) >= 3 else ''}")
+    closed_in_grace = bool(set(victims) & set(over_budget))
+    event(f"in-grace candidates: {bool(over_budget)}, of them closed: {closed_in_grace}")
+    for group in (eligible, over_budget):
+        ordered = sorted(group, key=ranks.__getitem__)
+        chosen = [peer for peer in ordered if statuses[peer].would_close]
+        assert chosen == ordered[: len(chosen)]
+
+    # Every peer's state, value and connections are what the table holds.
+    for peer, peer_spec in by_peer.items():
+        status = statuses[peer]
+        assert status.state in expected_state(spec, peer_spec), (peer, peer_spec, status)
+        if status.state == "unknown":
+            continue
+        assert status.value == peer_spec.value
+        if status.state == "temporary":
+            assert status.until == peer_spec.at + GRACE
+            continue
+        assert status.conns == len(peer_spec.conns)
+        outbound = sum(1 for way, _ in peer_spec.conns if way is Direction.OUTBOUND)
+        assert status.outbound == outbound
+        if status.state == "protected":
+            assert status.protected_by == peer_spec.protections
+        if status.state in ("candidate", "in_grace"):
+            assert status.streams == sum(streams for _, streams in peer_spec.conns)
+        if status.state == "in_grace":
+            assert status.until == peer_spec.at + GRACE
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=40, deadline=None)
+@given(spec=TABLES)
+def test_preview_and_explain_agree_with_the_next_trim(backend: str, spec: TableSpec) -> None:
+    anyio.run(check_preview_and_explain, spec, backend=backend)
 
 
 # --- bad input ---------------------------------------------------------------------------------
