@@ -343,6 +343,29 @@ async def test_several_subscribers_at_once() -> None:
         stalled.close()
 
 
+async def test_two_tasks_reading_one_subscription_share_its_results() -> None:
+    clock = FakeClock()
+    readers = [Reader(), Reader()]
+    async with (
+        running(clock, low_water=0, high_water=100) as manager,
+        anyio.create_task_group() as tg,
+    ):
+        with manager.subscribe() as results:
+            for reader in readers:
+                tg.start_soon(reader.run, results)
+            await settle()
+            returned = [await one_trim(manager, f"p{i}") for i in range(4)]
+            await settle()
+        await settle()
+        # Leaving the `with` ends both iterations, not only the one that waited last.
+        assert [reader.ended for reader in readers] == [True, True]
+    # Each result reached exactly one of them, and each saw its share in order.
+    shared = readers[0].seen + readers[1].seen
+    assert sorted(shared, key=returned.index) == returned
+    for reader in readers:
+        assert reader.seen == sorted(reader.seen, key=returned.index)
+
+
 async def churn(stalled: int) -> tuple[list[TrimResult], ManagerInfo, list[int]]:
     """Runs background and explicit trims through rounds of churn, with `stalled`
     subscriptions that are never read; returns every result, the counters and how often
