@@ -14,7 +14,7 @@ by `settle()`, never a real sleep.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Hashable, Mapping
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from asyncconnmgr import (
     OUTCOMES,
+    Candidate,
     ConnManager,
     Direction,
     ManagerInfo,
@@ -265,6 +266,50 @@ async def test_each_victim_says_what_became_of_it_and_why_it_was_chosen() -> Non
     assert late.close_calls == spared.close_calls == kept.close_calls == 0
     # What stayed open is counted: the timed-out, failed, spared, unstarted and kept ones.
     assert (info.conn_count, info.closing_count) == (5, 0)
+
+
+class ByValue:
+    """A v0.1 policy: only a `sort_key`."""
+
+    def sort_key(self, candidate: Candidate) -> tuple[str, int]:
+        return ("value", candidate.value)
+
+
+class Youngest:
+    """A policy with `select` and no `reason`."""
+
+    def select(
+        self, candidates: Sequence[Candidate], target: int, now: float
+    ) -> Iterable[Candidate]:
+        return sorted(candidates, key=lambda candidate: -candidate.first_seen)
+
+
+@pytest.mark.parametrize(
+    ("policy", "reasons"),
+    [
+        (ByValue(), [("value", 1), ("value", 2), ("value", 0)]),
+        (Youngest(), [None, None, None]),
+    ],
+)
+async def test_a_victims_reason_is_what_the_policy_ordered_it_by(
+    policy: object, reasons: list[object]
+) -> None:
+    clock = FakeClock()
+    config = {"bounded_count": True, "grace_budget": 0, "grace_period": 10, "policy": policy}
+    async with running(clock, low_water=1, high_water=100, **config) as manager:
+        connect(manager, {"old1": 1, "old2": 2, "old3": 3})
+        await manager.flush()
+        clock.advance(11)
+        connect(manager, {"young": 0})  # in grace, beyond the budget: closed after the others
+        await manager.flush()
+        preview = manager.preview_trim()
+        result = await manager.trim_open_conns()
+    assert [(v.peer, v.reason) for v in result.victims] == [
+        ("old1", reasons[0]),
+        ("old2", reasons[1]),
+        ("young", reasons[2]),
+    ]
+    assert [v.reason for v in preview.victims] == reasons
 
 
 async def test_a_cancelled_trim_is_seen_with_its_unstarted_victims() -> None:
