@@ -411,6 +411,29 @@ async def test_two_tasks_reading_one_subscription_share_its_results() -> None:
         assert reader.seen == sorted(reader.seen, key=returned.index)
 
 
+async def test_a_reader_cancelled_while_waiting_takes_nothing() -> None:
+    clock = FakeClock()
+    reader = Reader()
+    scope = anyio.CancelScope()
+
+    async def read(results: TrimSubscription) -> None:
+        with scope:
+            await reader.run(results)
+
+    async with (
+        running(clock, low_water=0, high_water=100) as manager,
+        anyio.create_task_group() as tg,
+    ):
+        with manager.subscribe() as results:
+            tg.start_soon(read, results)
+            await settle()
+            scope.cancel()
+            await settle()
+            returned = await one_trim(manager, "p")
+            assert (reader.seen, reader.ended) == ([], False)
+            assert await take(results) == [returned]
+
+
 async def churn(stalled: int) -> tuple[list[TrimResult], ManagerInfo, list[int]]:
     """Runs background and explicit trims through rounds of churn, with `stalled`
     subscriptions that are never read; returns every result, the counters and how often
