@@ -635,10 +635,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """
         size = check_int("max_buffer", max_buffer, minimum=1)
         subscription = TrimSubscription(size, self._subscriptions.remove)
+        self._subscriptions.append(subscription)
         if self._state is _State.CLOSED:
-            subscription.close()
-        else:
-            self._subscriptions.append(subscription)
+            subscription.close()  # an iteration that has ended (closing removes it again)
         return subscription
 
     def _end_subscriptions(self) -> None:
@@ -690,7 +689,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         everyone = candidates.eligible + candidates.over_budget
         if entry not in everyone:
             until = entry.first_seen + cfg.grace_period
-            return PeerStatus(peer, "in_grace", value, conns, entry.streams, outbound, until=until)
+            # `entry.streams` is read only for candidates: read this peer's streams now.
+            streams = sum(conn.streams for conn in entry.connections)
+            return PeerStatus(peer, "in_grace", value, conns, streams, outbound, until=until)
         self._log_stream_failures()
         order = [
             *self._order(candidates.eligible, candidates.count, now),
@@ -715,9 +716,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         nothing: its victims carry the outcome "not_started"."""
         self._drain()
         now = self._now()
-        _, target, choice = self._plan(now)
+        _, target, choice, reasons = self._plan(now)
         values = tuple(entry.value for entry in choice.entries)
-        victims = self._victims(choice, values, self._reasons(choice), {}, 0, not_started=True)
+        victims = self._victims(choice, values, reasons, {}, 0, not_started=True)
         return TrimResult(
             target=max(target, 0),
             started_at=now,
@@ -780,7 +781,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._last_trim = now
         self._trims[trigger] = self._trims.get(trigger, 0) + 1
         temporary_removed = table.reap_temporary(now)
-        candidates, target, choice = self._plan(now)
+        candidates, target, choice, reasons = self._plan(now)
         # Nothing to close: the next background trim waits for the first grace period to
         # end, unless a connection arrives meanwhile that could be closed (see `_drain`).
         self._grace_hold = candidates.next_grace_expiry if target <= 0 else None
@@ -795,29 +796,37 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         flight = self._flight = _Flight(trigger, run, choice, target, now)
         flight.temporary_removed = temporary_removed
         flight.previous_trim = previous_trim
-        flight.reasons = self._reasons(choice)
+        flight.reasons = reasons
         flight.values = tuple(entry.value for entry in choice.entries)
         self._task_group.start_soon(self._fly, flight)
         return flight
 
-    def _plan(self, now: float) -> tuple[Candidates, int, Choice]:
+    def _plan(self, now: float) -> tuple[Candidates, int, Choice, tuple[object, ...]]:
         """The victims of a trim now: the policy's order of the eligible, covering what
         exceeds low water; then every connection of the peers in grace beyond the budget
-        (they are beyond it whatever the other peers do), in the policy's order."""
+        (they are beyond it whatever the other peers do), in the policy's order. Also each
+        victim's reason, asked of the policy right after the order it belongs to."""
         table = self._table
         candidates = table.candidates(now)
         self._log_stream_failures()
+        if self._config.trimming_disabled:
+            return candidates, 0, Choice(), ()
         target = self._target(candidates)
         over = candidates.count - candidates.eligible_count
         if target <= 0 and over <= 0:
-            return candidates, min(target, 0), Choice()
+            return candidates, min(target, 0), Choice(), ()
         choice = Choice()
+        reasons: tuple[object, ...] = ()
+        # A policy may keep its reasons for its last order only (a v0.1 `sort_key` policy
+        # does): ask for them before ordering the next part.
         if target > 0:
             choice = table.choose(self._order(candidates.eligible, target, now), target)
+            reasons = self._reasons(choice)
         if over > 0:
             late = table.choose(self._order(candidates.over_budget, over, now), over)
             choice = choice + late
-        return candidates, max(target, 0) + over, choice
+            reasons += self._reasons(late)
+        return candidates, max(target, 0) + over, choice, reasons
 
     def _target(self, candidates: Candidates) -> int:
         """How many eligible connections exceed low water."""
