@@ -713,7 +713,12 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def preview_trim(self) -> TrimResult:
         """What a trim would close now (trigger "preview"), closing nothing and changing
-        nothing: its victims carry the outcome "not_started"."""
+        nothing: its victims carry the outcome "not_started".
+
+        Queued notifications are applied first. While a trim is in flight this plans over
+        the connections it is not already closing: what a trim started after it would close
+        (a `trim_open_conns()` called meanwhile joins the one in flight instead).
+        """
         self._drain()
         now = self._now()
         _, target, choice, reasons = self._plan(now)
