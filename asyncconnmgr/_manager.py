@@ -673,6 +673,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         entry = table.lookup(peer)
         cfg = self._config
         if entry is None:
+            protected_by = table.protection_tags(peer)  # protected before it connected
+            if protected_by:
+                return PeerStatus(peer, "protected", protected_by=protected_by)
             return PeerStatus(peer, "unknown")
         if entry.temp:
             return PeerStatus(
@@ -680,10 +683,12 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             )
         value, conns, outbound = entry.value, entry.open_conns, entry.outbound
         protected_by = table.protection_tags(peer)
-        if protected_by:
-            return PeerStatus(peer, "protected", value, conns, 0, outbound, protected_by)
-        if conns <= 0:
-            return PeerStatus(peer, "closing", value, conns, 0, outbound)
+        if protected_by or conns <= 0:
+            # `entry.streams` is read only for candidates: read this peer's streams now.
+            streams = sum(conn.streams for conn in entry.connections)
+            if protected_by:
+                return PeerStatus(peer, "protected", value, conns, streams, outbound, protected_by)
+            return PeerStatus(peer, "closing", value, conns, streams, outbound)
         now = self._now()
         candidates = table.candidates(now)
         everyone = candidates.eligible + candidates.over_budget

@@ -590,8 +590,8 @@ async def test_explain_a_protected_peer() -> None:
     async with running(clock, low_water=0, high_water=100) as manager:
         notifiee = manager.notifee()
         conns = [
-            FakeConn("p", direction=Direction.OUTBOUND, notifiee=notifiee),
-            FakeConn("p", direction=Direction.INBOUND, notifiee=notifiee),
+            FakeConn("p", direction=Direction.OUTBOUND, num_streams=2, notifiee=notifiee),
+            FakeConn("p", direction=Direction.INBOUND, num_streams=1, notifiee=notifiee),
         ]
         for conn in conns:
             notifiee.connected(conn)
@@ -599,7 +599,18 @@ async def test_explain_a_protected_peer() -> None:
         manager.protect("p", "relay")
         manager.protect("p", "dht")
         assert manager.explain("p") == PeerStatus(
-            "p", "protected", value=-5, conns=2, outbound=1, protected_by=("dht", "relay")
+            "p",
+            "protected",
+            value=-5,
+            conns=2,
+            streams=3,
+            outbound=1,
+            protected_by=("dht", "relay"),
+        )
+        # Protected before it ever connects: protected, not unknown.
+        manager.protect("later", "bootstrap")
+        assert manager.explain("later") == PeerStatus(
+            "later", "protected", protected_by=("bootstrap",)
         )
         result = await manager.trim_open_conns()
         assert result.victims == ()
@@ -828,7 +839,9 @@ async def build_table(manager: ConnManager, clock: FakeClock, spec: TableSpec) -
 
 def expected_state(spec: TableSpec, peer_spec: PeerSpec) -> set[str]:
     if not peer_spec.conns:
-        return {"temporary"} if peer_spec.in_grace else {"unknown"}
+        if peer_spec.in_grace:
+            return {"temporary"}
+        return {"protected"} if peer_spec.protections else {"unknown"}
     if peer_spec.protections:
         return {"protected"}
     if peer_spec.in_grace:
@@ -904,7 +917,9 @@ async def check_preview_and_explain(spec: TableSpec) -> None:
     for peer, peer_spec in by_peer.items():
         status = statuses[peer]
         assert status.state in expected_state(spec, peer_spec), (peer, peer_spec, status)
-        if status.state == "unknown":
+        if not peer_spec.conns and not peer_spec.in_grace:
+            # Its tags were reaped with its temporary entry: at most a protection is left.
+            assert status.protected_by == peer_spec.protections
             continue
         assert status.value == peer_spec.value
         if status.state == "temporary":
