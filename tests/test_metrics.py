@@ -19,7 +19,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -34,6 +34,9 @@ from asyncconnmgr.metrics import (
     instrument,
 )
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 pytestmark = pytest.mark.anyio
 
@@ -289,7 +292,7 @@ def parse_exposition(text: str) -> Reading:
 
 
 @pytest.fixture
-def registry() -> Any:
+def registry() -> CollectorRegistry:
     need("prometheus_client")
     from prometheus_client import CollectorRegistry
 
@@ -297,7 +300,7 @@ def registry() -> Any:
 
 
 @pytest.fixture
-def scrape(registry: Any) -> Iterator[Read]:
+def scrape(registry: CollectorRegistry) -> Iterator[Read]:
     """Serves `registry` on 127.0.0.1 from prometheus_client's HTTP server thread."""
     from prometheus_client import start_http_server
 
@@ -319,7 +322,9 @@ def scrape(registry: Any) -> Iterator[Read]:
     thread.join(timeout=10)
 
 
-async def test_prometheus_scrape_follows_the_trims(registry: Any, scrape: Read) -> None:
+async def test_prometheus_scrape_follows_the_trims(
+    registry: CollectorRegistry, scrape: Read
+) -> None:
     clock = FakeClock()
     manager = new_manager(clock)
     collector = PrometheusCollector(manager)
@@ -330,12 +335,12 @@ async def test_prometheus_scrape_follows_the_trims(registry: Any, scrape: Read) 
     check_churn(record, "libp2p_connmgr", prometheus=True)
 
 
-async def test_prometheus_families_and_types(registry: Any, scrape: Read) -> None:
+async def test_prometheus_families_and_types(registry: CollectorRegistry, scrape: Read) -> None:
+    from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
     manager = new_manager(FakeClock())
     registry.register(PrometheusCollector(manager, prefix="host_a"))
-    from prometheus_client import generate_latest
 
     types = {
         f.name: f.type for f in text_string_to_metric_families(generate_latest(registry).decode())
@@ -361,7 +366,7 @@ async def test_prometheus_families_and_types(registry: Any, scrape: Read) -> Non
     assert key("host_a_ignored_notifications_total") in reading
 
 
-async def test_prometheus_temporary_entries(registry: Any, scrape: Read) -> None:
+async def test_prometheus_temporary_entries(registry: CollectorRegistry, scrape: Read) -> None:
     clock = FakeClock()
     manager = ConnManager(low_water=2, high_water=4, grace_period=30, clock=clock)
     registry.register(PrometheusCollector(manager))
@@ -376,7 +381,9 @@ async def test_prometheus_temporary_entries(registry: Any, scrape: Read) -> None
         assert (await scrape())[key("libp2p_connmgr_temporary_entries")] == 0
 
 
-async def test_prometheus_collectors_stay_in_the_callers_registry(registry: Any) -> None:
+async def test_prometheus_collectors_stay_in_the_callers_registry(
+    registry: CollectorRegistry,
+) -> None:
     from prometheus_client import REGISTRY, CollectorRegistry
 
     first, second = new_manager(FakeClock()), new_manager(FakeClock())
@@ -395,7 +402,7 @@ async def test_prometheus_collectors_stay_in_the_callers_registry(registry: Any)
     assert other.get_sample_value("libp2p_connmgr_peers") == 0
 
 
-async def test_prometheus_close_detaches(registry: Any, scrape: Read) -> None:
+async def test_prometheus_close_detaches(registry: CollectorRegistry, scrape: Read) -> None:
     clock = FakeClock()
     manager = new_manager(clock)
     collector = PrometheusCollector(manager)
@@ -414,8 +421,8 @@ async def test_prometheus_close_detaches(registry: Any, scrape: Read) -> None:
         assert list(collector.collect()) == []
         assert not {n for n in names(await scrape()) if n.startswith("libp2p_connmgr")}
 
-        # A trim after close() is not recorded: a fresh collector on the same manager
-        # starts from zero durations while the manager's own counters go on.
+        # A new collector on the same manager records the trims from its start on, while
+        # the manager's own counters go on from where they were.
         late = PrometheusCollector(manager, prefix="late")
         registry.register(late)
         notifiee.connected(FakeConn("e", notifiee=notifiee))
