@@ -21,7 +21,8 @@ name                                kind       labels (every value always presen
 `<prefix>_ignored_notifications_total` counter
 `<prefix>_loop_failures_total`      counter    loop (consumer/trimmer/decayer/reaper)
 `<prefix>_trim_duration_seconds`    histogram  (buckets `TRIM_DURATION_BUCKETS`)
-`<prefix>_peer_tag_value`           histogram  (buckets `PEER_VALUE_BUCKETS`)
+`<prefix>_peer_tag_value`           gauge      (buckets `PEER_VALUE_BUCKETS`)
+                                    histogram
 ==================================  =========  ==========================================
 
 Every value is read from the manager when it is scraped or collected (`get_info()`,
@@ -30,9 +31,15 @@ ends; so the duration histogram counts the trims since the collector was attache
 `_trims_total` counts every trim of the manager. The distribution of peer values is
 computed at each scrape from every connected peer's value; no metric has a per-peer label.
 
+In Prometheus, `_peer_tag_value` is a gauge histogram (its counts go down as well as up:
+`_bucket`, `_gcount`, `_gsum`); OpenTelemetry has no observable histogram, so there it is a
+gauge of the same cumulative bucket counts with an `le` attribute (`histogram_quantile`
+applies to either). An OpenTelemetry histogram has no point before its first recording, so
+`_trim_duration_seconds` appears there with the first trim that ends.
+
 Scrapes may come from another thread (prometheus_client's HTTP server, an OpenTelemetry
 periodic reader): each counter is read whole, but two counters of one scrape may be a
-notification apart.
+notification apart. Every call here is synchronous and never waits.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ from ._models import OUTCOMES, TRIGGERS, ManagerInfo, TrimResult
 if TYPE_CHECKING:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
     from prometheus_client.metrics_core import Metric
+
+    # prometheus_client up to 0.22 types `register()` as taking a subclass of its abstract
+    # `Collector`, later versions a protocol: subclassing it for the type checker alone
+    # satisfies both, and nothing is imported at run time.
     from prometheus_client.registry import Collector as _CollectorBase
 else:
     _CollectorBase = object

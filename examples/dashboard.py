@@ -405,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     # The simulated transports fail on purpose; the manager's warnings about them are noise.
     logging.getLogger("asyncconnmgr").setLevel(logging.ERROR)
     result = anyio.run(simulate, backend="trio" if args.trio else "asyncio")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     draw(result, args.out)
     closed = sum(t.outcomes.get("closed", 0) for t in result.trims)
     print(f"{len(result.trims)} trims, {closed} connections closed; wrote {args.out}")
