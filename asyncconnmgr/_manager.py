@@ -51,7 +51,7 @@ from ._decay import BumpFn, DecayFn, DecayingTag
 from ._errors import LimitExceededError, ManagerClosedError
 from ._events import EventQueue, ManagerNotifiee, TrimSubscription
 from ._ledger import Ledger
-from ._models import OUTCOMES, TRIGGERS, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
+from ._models import LOOPS, OUTCOMES, TRIGGERS, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
 from ._policy import DefaultPolicy, TrimPolicy, as_policy, reason_of
 from ._table import Candidates, Choice, PeerEntry, PeerTable
 from .abc import Clock, Conn, Notifiee, PeerId
@@ -298,13 +298,13 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             with anyio.CancelScope() as scope:
                 self._background_scope = scope
                 async with anyio.create_task_group() as tg:
-                    loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                        ("consumer", self._consume_loop),
-                        ("trimmer", self._trim_loop),
-                        ("decayer", self._decay_loop),
-                        ("reaper", self._reap_loop),
+                    loops: list[Callable[[], Awaitable[None]]] = [
+                        self._consume_loop,
+                        self._trim_loop,
+                        self._decay_loop,
+                        self._reap_loop,
                     ]
-                    for name, loop in loops:
+                    for name, loop in zip(LOOPS, loops, strict=True):
                         await tg.start(self._supervise, name, loop)
                     task_status.started()
         finally:

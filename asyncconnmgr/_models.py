@@ -10,6 +10,7 @@ import attrs
 from .abc import Conn, Direction, PeerId
 
 __all__ = [
+    "LOOPS",
     "OUTCOMES",
     "TRIGGERS",
     "CandidateConn",
@@ -30,6 +31,9 @@ OUTCOMES: tuple[str, ...] = ("closed", "failed", "timed_out", "aborted", "spared
 #: exceeded, one silence period after the last trim); the count crossing the ceiling of the
 #: bounded count (at once); or `preview_trim()`, which closes nothing.
 TRIGGERS: tuple[str, ...] = ("explicit", "background", "ceiling", "preview")
+
+#: The manager's background loops, as named in `ManagerInfo.loop_failures`.
+LOOPS: tuple[str, ...] = ("consumer", "trimmer", "decayer", "reaper")
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 

@@ -351,8 +351,12 @@ class PeerTable:
         return self._conns.get(conn)
 
     def peer_values(self) -> list[int]:
-        """The value of every peer with a connection."""
-        return [entry.value for entry in self._peers.values()]
+        """The value of every peer with a connection.
+
+        Safe to call from another thread (a metrics scrape): the entries are copied in one
+        step, so a peer that comes or goes meanwhile cannot break the iteration.
+        """
+        return [entry.value for entry in list(self._peers.values())]
 
     # -- connections ----------------------------------------------------------------------
 

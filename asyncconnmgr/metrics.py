@@ -50,6 +50,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
+from . import _models
 from ._manager import ConnManager
 from ._models import OUTCOMES, TRIGGERS, ManagerInfo, TrimResult
 
@@ -84,7 +85,7 @@ DIRECTIONS: Final = ("inbound", "outbound", "unknown")
 #: closed by a trim (`closing_count`).
 STATES: Final = ("open", "closing")
 #: The `loop` label of `<prefix>_loop_failures_total`: the manager's background loops.
-LOOPS: Final = ("consumer", "trimmer", "decayer", "reaper")
+LOOPS: Final = _models.LOOPS
 #: Upper bounds (seconds) of the `<prefix>_trim_duration_seconds` buckets. A trim runs its
 #: closes concurrently, so it lasts about as long as its slowest close: milliseconds for a
 #: healthy transport (1 ms to 0.5 s, finely), and `close_timeout` (5 s by default) or a
@@ -120,8 +121,6 @@ _COUNTED_TRIGGERS: Final = tuple(t for t in TRIGGERS if t != "preview")
 # the longest suffix below is 29).
 _PREFIX_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _PREFIX_MAX: Final = 200
-# How many times a read of the peer values is tried (see `_peer_values`).
-_READ_ATTEMPTS: Final = 5
 
 
 # -- arguments and the shared reads -------------------------------------------------------------
@@ -152,20 +151,6 @@ def _missing(package: str, extra: str, error: ImportError) -> ImportError:
         f"(pip install 'asyncconnmgr[{extra}]')",
         name=error.name,
     )
-
-
-def _peer_values(manager: ConnManager) -> list[int]:
-    """Every connected peer's value.
-
-    A scrape from another thread can overlap the event loop adding or removing a peer; the
-    read then raises "dictionary changed size during iteration" and is simply repeated.
-    """
-    for _ in range(_READ_ATTEMPTS - 1):
-        try:
-            return manager.peer_values()
-        except RuntimeError:
-            continue
-    return manager.peer_values()
 
 
 def _with_extra(known: Sequence[str], counts: Iterable[str]) -> list[str]:
@@ -375,7 +360,7 @@ class PrometheusCollector(_CollectorBase):
 
         counts, total = self._durations.read()
         durations.add_metric([], _buckets(TRIM_DURATION_BUCKETS, counts, floatToGoString), total)
-        counts, total = _cumulative(_peer_values(self._manager), PEER_VALUE_BUCKETS)
+        counts, total = _cumulative(self._manager.peer_values(), PEER_VALUE_BUCKETS)
         values.add_metric([], _buckets(PEER_VALUE_BUCKETS, counts, floatToGoString), total)
         yield from families
 
@@ -512,7 +497,7 @@ class Instrumentation:
         def peer_values(options: CallbackOptions) -> Iterable[Observation]:
             if self._closed:
                 return []
-            counts, _ = _cumulative(_peer_values(self._manager), PEER_VALUE_BUCKETS)
+            counts, _ = _cumulative(self._manager.peer_values(), PEER_VALUE_BUCKETS)
             bounds = [*(str(b) for b in PEER_VALUE_BUCKETS), "+Inf"]
             return [Observation(n, {"le": le}) for le, n in zip(bounds, counts, strict=True)]
 
