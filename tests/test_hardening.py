@@ -502,3 +502,35 @@ async def test_trim_on_a_manager_that_was_never_entered_raises() -> None:
         await manager.trim_open_conns()
     assert conn.close_calls == 0
     await manager.aclose()
+
+
+async def test_a_new_task_is_never_taken_for_one_of_the_trims_closes() -> None:
+    # A task id is the id() of the task object: a new task may reuse the id of a close that
+    # has ended. Only closes still running may count as "inside the trim".
+    clock = FakeClock()
+
+    async def slow(conn: FakeConn) -> None:
+        await clock.sleep_until(clock.now() + 1)
+
+    async with running(clock, close_concurrency=64) as manager:
+        await connect(
+            manager, *[FakeConn(f"p{i}", on_close=slow if i % 2 else None) for i in range(50)]
+        )
+        errors: list[RuntimeError] = []
+
+        async def new_caller() -> None:
+            try:
+                await manager.trim_open_conns(deadline=clock.now())
+            except RuntimeError as error:
+                errors.append(error)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(manager.trim_open_conns)
+            await settle()  # the trim is in flight; its quick closes have ended
+            for _ in range(500):
+                async with anyio.create_task_group() as inner:
+                    inner.start_soon(new_caller)
+                if errors:
+                    break
+            clock.advance(1)
+        assert errors == []
