@@ -813,9 +813,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def _plan(self, now: float) -> tuple[Candidates, int, Choice, tuple[object, ...]]:
         """The victims of a trim now: the policy's order of the eligible, covering what
-        exceeds low water; then every connection of the peers in grace beyond the budget
-        (they are beyond it whatever the other peers do), in the policy's order. Also each
-        victim's reason, asked of the policy right after the order it belongs to."""
+        exceeds low water; then the connections of the peers in grace beyond the budget, in
+        the policy's order, as far as the count (protected peers aside) stays at or above
+        low water: a host that has just started, all of its peers in grace, keeps low water.
+        Also each victim's reason, asked of the policy right after the order it belongs
+        to."""
         table = self._table
         candidates = table.candidates(now)
         self._log_stream_failures()
@@ -833,10 +835,13 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             choice = table.choose(self._order(candidates.eligible, target, now), target)
             reasons = self._reasons(choice)
         if over > 0:
+            left = candidates.eligible_count - len(choice.conns) + candidates.grace_count
+            over = min(over, left + over - self._config.low_water)
+        if over > 0:
             late = table.choose(self._order(candidates.over_budget, over, now), over)
             choice = choice + late
             reasons += self._reasons(late)
-        return candidates, max(target, 0) + over, choice, reasons
+        return candidates, max(target, 0) + max(over, 0), choice, reasons
 
     def _target(self, candidates: Candidates) -> int:
         """How many eligible connections exceed low water."""

@@ -242,7 +242,8 @@ class Candidates:
     `eligible` are out of grace; `over_budget` are in grace beyond the grace budget (empty
     without the bounded count), to be closed only after the eligible ones. `count` is the
     number of connections they hold that are not being closed, `eligible_count` the part of
-    it the eligible hold. `next_grace_expiry` is the
+    it the eligible hold, `grace_count` the connections of the peers keeping their grace
+    (neither protected nor being closed). `next_grace_expiry` is the
     earliest time a peer now keeping its grace becomes eligible (None if none does).
     """
 
@@ -251,6 +252,7 @@ class Candidates:
     count: int
     eligible_count: int
     next_grace_expiry: float | None
+    grace_count: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -836,7 +838,8 @@ class PeerTable:
         self._read_streams(eligible)
         self._read_streams(over_budget)
         expiry = None if next_grace is None else next_grace + grace
-        return Candidates(eligible, over_budget, count, eligible_count, expiry)
+        grace_count = sum(entry.open_conns for entry in keeping)
+        return Candidates(eligible, over_budget, count, eligible_count, expiry, grace_count)
 
     def _read_streams(self, entries: list[PeerEntry]) -> None:
         """`entry.streams` of each entry: the sum over its connections, read once.

@@ -534,3 +534,22 @@ async def test_a_new_task_is_never_taken_for_one_of_the_trims_closes() -> None:
                     break
             clock.advance(1)
         assert errors == []
+
+
+async def test_the_bounded_count_never_trims_below_low_water() -> None:
+    # A host that has just started: every peer is in its grace period, far beyond the grace
+    # budget. The peers beyond it are candidates, but only down to low water.
+    clock = FakeClock()
+    manager = ConnManager(
+        low_water=20, high_water=30, grace_period=60, silence_period=1, clock=clock
+    )
+    async with guarded(manager, clock):
+        conns = [FakeConn(f"p{i}") for i in range(100)]
+        await connect(manager, *conns)
+        result = await manager.trim_open_conns()
+        assert result.closed == 80
+        info = manager.get_info()
+        assert info.conn_count == 20
+        clock.advance(5)  # the background trimmer finds nothing more to close
+        await settle()
+        assert manager.get_info().conn_count == 20
