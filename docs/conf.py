@@ -21,7 +21,7 @@ import asyncconnmgr  # noqa: E402
 
 project = "asyncconnmgr"
 author = "asyncconnmgr developers"
-copyright = "asyncconnmgr developers"  # noqa: A001 - Sphinx's name
+copyright = "asyncconnmgr developers"
 release = asyncconnmgr.__version__
 version = ".".join(release.split(".")[:2])
 
