@@ -168,12 +168,15 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             connection aborted if it has an `abort()` (> 0).
         close_concurrency: how many closes run at once (>= 1).
         decay_resolution: the period of decaying-tag ticks (> 0).
-        clock: an `asyncconnmgr.abc.Clock`; inject `testing.FakeClock` in tests.
+        clock: an `asyncconnmgr.abc.Clock`; inject `testing.FakeClock` in tests
+            (TypeError if it has no `now()` and `sleep_until()`).
         policy: orders the victims (`DefaultPolicy()` by default): an object with
-            `select(candidates, target, now)`, or a v0.1 one with `sort_key(candidate)`.
+            `select(candidates, target, now)`, or a v0.1 one with `sort_key(candidate)`
+            (TypeError if it has neither).
         bounded_count: keep the count bounded while peers are in grace (default True):
             peers in grace beyond `grace_budget` connections become candidates after every
-            other one, and a count above `ceiling` starts a trim at once. False gives the
+            other one (only down to low water), and a count above `ceiling` starts a trim
+            at once. False gives the
             reference behaviour (grace protects every new peer, however many).
         ceiling: with the bounded count, the count that starts a trim at once (>= high
             water; default high water plus half the band between the marks, at least 1).
@@ -411,7 +414,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         return self._notifiee
 
     async def flush(self) -> None:
-        """Returns once every notification queued before the call has been applied."""
+        """Returns once every notification queued before the call has been applied.
+
+        The notifications are applied before the call first yields: a cancelled `flush()`
+        has applied them all the same.
+        """
         self._drain()
         await anyio.lowlevel.checkpoint()
 
@@ -438,7 +445,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def tag_peer(self, peer: PeerId, tag: str, value: int) -> None:
         """Sets the peer's tag to `value` (not added to it). An unknown peer gets a
-        temporary entry, reaped after the grace period unless the peer connects."""
+        temporary entry, reaped after the grace period unless the peer connects.
+
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable, `tag` is not a non-empty str, or `value` is not an int.
+        """
         if type(tag) is not str or not tag:
             check_tag("tag", tag)
         if type(value) is not int:
@@ -454,7 +465,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             self._reaper_wakeup.set()
 
     def untag_peer(self, peer: PeerId, tag: str) -> None:
-        """Removes the tag; an unknown peer or an absent tag is left alone."""
+        """Removes the tag; an unknown peer or an absent tag is left alone.
+
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable or `tag` is not a non-empty str.
+        """
         check_tag("tag", tag)
         check_peer(peer)
         self._table.untag_peer(peer, tag)
@@ -464,6 +479,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
         `fn` runs with nothing locked and may call back into the manager; if it raises (or
         does not return an int) the exception reaches the caller and nothing changes.
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable, `tag` is not a non-empty str, or `fn` is not callable.
         """
         if type(tag) is not str or not tag:
             check_tag("tag", tag)
@@ -486,18 +503,30 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             self._reaper_wakeup.set()
 
     def get_tag_info(self, peer: PeerId) -> TagInfo | None:
-        """A snapshot of the peer's entry, or None if the manager does not know it."""
+        """A snapshot of the peer's entry, or None if the manager does not know it.
+
+        Raises TypeError naming `peer` if it is None or unhashable.
+        """
         check_peer(peer)
         return self._table.tag_info(peer)
 
     def protect(self, peer: PeerId, tag: str) -> None:
-        """Protects the peer under `tag`: it is never trimmed while any protection remains."""
+        """Protects the peer under `tag`: it is never trimmed while any protection remains.
+
+        A trim that chose the peer before it was protected spares it, if its close has not
+        started. Raises TypeError or ValueError naming the argument, and changes nothing, if
+        `peer` is None or unhashable or `tag` is not a non-empty str.
+        """
         check_tag("tag", tag)
         check_peer(peer)
         self._table.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> bool:
-        """Removes one protection; returns True if the peer is still protected by another."""
+        """Removes one protection; returns True if the peer is still protected by another.
+
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable or `tag` is not a non-empty str.
+        """
         check_tag("tag", tag)
         check_peer(peer)
         still_protected = self._table.unprotect(peer, tag)
@@ -507,7 +536,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         return still_protected
 
     def is_protected(self, peer: PeerId, tag: str | None = None) -> bool:
-        """Whether the peer is protected under `tag`, or under any tag if `tag` is None."""
+        """Whether the peer is protected under `tag`, or under any tag if `tag` is None.
+
+        Raises TypeError or ValueError naming the argument if `peer` is None or unhashable
+        or `tag` is neither None nor a non-empty str.
+        """
         if tag is not None:
             check_tag("tag", tag)
         check_peer(peer)
@@ -520,8 +553,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     ) -> DecayingTag:
         """Registers a tag whose values fade every `interval` seconds unless bumped.
 
-        An interval shorter than `decay_resolution` is raised to it (`tag.interval` tells);
-        a name already registered raises ValueError.
+        An interval shorter than `decay_resolution` is raised to it (`tag.interval` tells).
+        Raises ValueError for a name already registered, and TypeError or ValueError naming
+        the argument if `name` is not a non-empty str, `interval` is not a finite number
+        above 0, or `decay_fn` or `bump_fn` is not callable; nothing changes then.
         """
         check_tag("name", name)
         seconds = check_seconds("interval", interval, positive=True)
@@ -550,7 +585,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     # -- information ----------------------------------------------------------------------
 
     def check_limit(self, limit: int) -> None:
-        """Raises `LimitExceededError` if high water exceeds the host's connection limit."""
+        """Raises `LimitExceededError` if high water exceeds the host's connection limit.
+
+        Raises TypeError or ValueError naming `limit` if it is not an int >= 0.
+        """
         check_int("limit", limit, minimum=0)
         if self._config.high_water > limit:
             raise LimitExceededError(
@@ -613,7 +651,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def add_trim_listener(self, callback: Callable[[TrimResult], object]) -> Callable[[], None]:
         """Calls `callback(result)` (sync) when each trim ends; returns a function that
-        removes it. An exception from the callback is logged and counted, never raised."""
+        removes it. An exception from the callback is logged and counted, never raised.
+
+        Raises TypeError naming `callback` if it is not callable.
+        """
         check_callable("callback", callback)
         key = next(self._listener_ids)
         self._listeners[key] = callback
@@ -756,9 +797,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         finished, each within `close_timeout`; the connections whose close never started are
         left open and counted. A cancelled caller always gets its cancellation.
 
-        Raises `ManagerClosedError` after `aclose()`; RuntimeError on a manager that was
-        never entered (`async with`), and when called from inside a `close()` that this
-        manager's own trim is running (it would wait for itself). A `BaseException` that is
+        Raises TypeError or ValueError naming `deadline` if it is neither None nor a number
+        (or is NaN). Raises `ManagerClosedError` after `aclose()`; RuntimeError on a manager
+        that was never entered (`async with`), and when called from inside a `close()` that
+        this manager's own trim is running (it would wait for itself). A `BaseException` that is
         not an `Exception` raised by a `close()` comes out of here as itself, once the
         started closes have finished.
         """
