@@ -45,6 +45,8 @@ differs). Each run reports `Figures`.
 
 from __future__ import annotations
 
+from ._libp2p import LIBP2P_DEBOUNCE as LIBP2P_DEBOUNCE
+from ._libp2p import LIBP2P_MAX_PRUNE_BATCH as LIBP2P_MAX_PRUNE_BATCH
 from ._report import COLUMNS as COLUMNS
 from ._report import Figures as Figures
 from ._report import format_table as format_table
@@ -66,6 +68,8 @@ __all__ = [
     "ATTACKER_KINDS",
     "BOUNDED_COUNT_SETTINGS",
     "COLUMNS",
+    "LIBP2P_DEBOUNCE",
+    "LIBP2P_MAX_PRUNE_BATCH",
     "MANAGER_SETTINGS",
     "SCENARIOS",
     "Figures",

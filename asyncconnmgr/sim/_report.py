@@ -30,10 +30,13 @@ class Figures:
     `longest_above_ceiling` the longest stretches (seconds) above high water and above
     `reference_ceiling` (the manager's ceiling, or, where it has none, the one the bounded
     count would use by default), against `longest_trim`, the longest trim (seconds from
-    its start until its last close ended).
+    its start until its last close ended). `longest_slots_above_ceiling` is the longest
+    stretch during which the slots alone (the connections no trim had yet chosen) exceeded
+    that ceiling: how long the manager left a crossing unanswered.
 
     Work: `trims_per_min` (every trim or prune cycle that ran, empty ones included),
-    `closes_per_min` (connections it closed) and `ceiling_trims` (trims the ceiling started).
+    `closes_per_min` (connections it closed), `largest_trim` (the most connections one
+    trim closed) and `ceiling_trims` (trims the ceiling started).
 
     Honest peers: `hv_kept` is the share of the high-value (mesh) honest peers that wanted
     to be connected and were (time-weighted), `hv_mean` how many were, on average;
@@ -66,7 +69,9 @@ class Figures:
     max_count: int
     longest_above_high: float
     longest_above_ceiling: float
+    longest_slots_above_ceiling: float
     longest_trim: float
+    largest_trim: int
     trims_per_min: float
     closes_per_min: float
     ceiling_trims: int
@@ -109,6 +114,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("mean", "mean_count", "f1"),
     (">high max s", "longest_above_high", "f1"),
     (">ceil max s", "longest_above_ceiling", "f1"),
+    ("slots>ceil s", "longest_slots_above_ceiling", "f1"),
     ("trim max s", "longest_trim", "f1"),
     ("trims/min", "trims_per_min", "f1"),
     ("closes/min", "closes_per_min", "f1"),

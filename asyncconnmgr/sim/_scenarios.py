@@ -92,9 +92,6 @@ def _check_name(instance: Scenario, attribute: attrs.Attribute[Any], value: obje
         raise TypeError(f"{attribute.name} must be a non-empty str")
 
 
-_count = attrs.field(validator=_check_count)
-
-
 @attrs.frozen(kw_only=True)
 class Scenario:
     """The parameters of one scenario (all times in simulated seconds).
@@ -183,7 +180,8 @@ class Scenario:
         for key in changes:
             if key not in known:
                 raise ValueError(f"{key!r} is not a scenario parameter")
-        return attrs.evolve(self, **changes)  # type: ignore[misc]
+        changed: dict[str, Any] = dict(changes)
+        return attrs.evolve(self, **changed)
 
     def quick(self) -> Scenario:
         """The quick form: `quick_duration` instead of `duration` (for CI)."""

@@ -179,6 +179,8 @@ class Recorder:
         self.eclipsed = False
         self.longest_above_ceiling = 0.0
         self.longest_above_high = 0.0
+        self.longest_slots_above_ceiling = 0.0
+        self._slots_run = 0.0
         self._ceiling_run = 0.0
         self._high_run = 0.0
         self.series: list[tuple[float, int, int, int, int]] = []
@@ -191,11 +193,25 @@ class Recorder:
         t: float,
         state: tuple[int, int, int, int, int, int, int],
     ) -> None:
-        """`state` is (count, slots, honest, attackers, honest groups, hv online, hv open)."""
-        if self._last_t is not None and t > self._last_t:
-            self._hold(self._last_t, t)
+        """`state` is (count, slots, honest, attackers, honest groups, hv online, hv open).
+
+        An unchanged state extends the interval of the one before, so the sums depend only
+        on when the state changed (not on how many steps the event loop happened to need).
+        """
+        last = self._last_t
+        if last is not None:
+            if state == self._state:
+                return
+            if t > last:
+                self._hold(last, t)
         self._last_t = t
         self._state = state
+
+    def finish(self, t: float) -> None:
+        """Ends the run at `t`: the latest state holds until then."""
+        if self._last_t is not None and t > self._last_t:
+            self._hold(self._last_t, t)
+            self._last_t = t
 
     @property
     def state(self) -> tuple[int, int, int, int, int, int, int]:
@@ -229,6 +245,13 @@ class Recorder:
             self.longest_above_ceiling = max(self.longest_above_ceiling, self._ceiling_run)
         else:
             self._ceiling_run = 0.0
+        if slots > self.ceiling:
+            self._slots_run += dt
+            self.longest_slots_above_ceiling = max(
+                self.longest_slots_above_ceiling, self._slots_run
+            )
+        else:
+            self._slots_run = 0.0
         self.hv_online_time += hv_online * dt
         self.hv_open_time += hv_open * dt
         share = attackers / slots if slots else 0.0
@@ -370,7 +393,9 @@ class World:
         layout: random.Random,
     ) -> SimPeer:
         if version == 6:
-            addr = f"/ip6/{group}:{rng.randrange(1, 0xFFFF):x}::{rng.randrange(1, 0xFFFF):x}/tcp/4001"
+            addr = (
+                f"/ip6/{group}:{rng.randrange(1, 0xFFFF):x}::{rng.randrange(1, 0xFFFF):x}/tcp/4001"
+            )
         else:
             host = f"{group}.{rng.randrange(0, 256)}.{rng.randrange(1, 255)}"
             port = 4001 if honest else rng.randrange(1024, 65536)
@@ -560,6 +585,7 @@ class World:
                 await settle()
             self.recorder.observe(t, self._state())
             if t >= end:
+                self.recorder.finish(t)
                 return
 
 
