@@ -72,7 +72,7 @@ def _check_ranges(f: sim.Figures) -> None:
     assert 0 <= f.mean_count <= f.max_count
     assert f.above_high == 0 or f.longest_above_high > 0
     assert 0 <= f.longest_above_high <= f.duration
-    assert 0 <= f.longest_slots_above_ceiling <= f.duration
+    assert 0 <= f.longest_unchosen_above_ceiling <= f.duration
     assert f.longest_above_ceiling <= f.longest_above_high + 1e-9
     assert f.trims_per_min >= 0
     assert f.closes_per_min >= 0
@@ -124,7 +124,7 @@ async def test_the_bounded_count_answers_a_flood_sooner() -> None:
     bounded = await sim.run_async(SHORT["flood"], "default", settings={"bounded_count": True})
     assert bounded.ceiling_trims > 0
     assert reference.ceiling_trims == 0
-    assert bounded.longest_slots_above_ceiling < reference.longest_slots_above_ceiling
+    assert bounded.longest_unchosen_above_ceiling < reference.longest_unchosen_above_ceiling
     assert bounded.mean_count < reference.mean_count
 
 

@@ -30,9 +30,10 @@ class Figures:
     `longest_above_ceiling` the longest stretches (seconds) above high water and above
     `reference_ceiling` (the manager's ceiling, or, where it has none, the one the bounded
     count would use by default), against `longest_trim`, the longest trim (seconds from
-    its start until its last close ended). `longest_slots_above_ceiling` is the longest
-    stretch during which the slots alone (the connections no trim had yet chosen) exceeded
-    that ceiling: how long the manager left a crossing unanswered.
+    its start until its last close ended). `longest_unchosen_above_ceiling` is the longest
+    stretch during which the connections no trim had chosen yet (the manager's own count,
+    protected excluded; for "libp2p", the slots) exceeded that ceiling: how long a crossing
+    went unanswered.
 
     Work: `trims_per_min` (every trim or prune cycle that ran, empty ones included),
     `closes_per_min` (connections it closed), `largest_trim` (the most connections one
@@ -69,7 +70,7 @@ class Figures:
     max_count: int
     longest_above_high: float
     longest_above_ceiling: float
-    longest_slots_above_ceiling: float
+    longest_unchosen_above_ceiling: float
     longest_trim: float
     largest_trim: int
     trims_per_min: float
@@ -114,7 +115,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("mean", "mean_count", "f1"),
     (">high max s", "longest_above_high", "f1"),
     (">ceil max s", "longest_above_ceiling", "f1"),
-    ("slots>ceil s", "longest_slots_above_ceiling", "f1"),
+    ("unchosen>ceil s", "longest_unchosen_above_ceiling", "f1"),
     ("trim max s", "longest_trim", "f1"),
     ("trims/min", "trims_per_min", "f1"),
     ("closes/min", "closes_per_min", "f1"),
@@ -192,7 +193,7 @@ def plot(figures: Sequence[Figures], path: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise RuntimeError(
-            "--plot needs matplotlib: pip install matplotlib (or asyncconnmgr[plot])"
+            "plotting needs matplotlib, which is not installed: pip install matplotlib"
         ) from exc
     scenarios = list(dict.fromkeys(f.scenario for f in figures))
     fig, axes = plt.subplots(

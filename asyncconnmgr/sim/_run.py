@@ -211,7 +211,7 @@ def _figures(
 ) -> Figures:
     sc = world.scenario
     rec = world.recorder
-    _, slots, honest, attackers, groups, _, _ = rec.state
+    _, slots, honest, attackers, groups, _, _, _ = rec.state
     measured = rec.measured or 1.0
     minutes = measured / 60
     in_window = [t for t in world.trims if t[0] >= sc.warmup]
@@ -235,7 +235,7 @@ def _figures(
         max_count=rec.max_count,
         longest_above_high=rec.longest_above_high,
         longest_above_ceiling=rec.longest_above_ceiling,
-        longest_slots_above_ceiling=rec.longest_slots_above_ceiling,
+        longest_unchosen_above_ceiling=rec.longest_unchosen_above_ceiling,
         longest_trim=max((t[1] for t in in_window), default=0.0),
         largest_trim=max((t[2] for t in in_window), default=0),
         trims_per_min=len(in_window) / minutes,

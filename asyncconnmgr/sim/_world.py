@@ -179,21 +179,22 @@ class Recorder:
         self.eclipsed = False
         self.longest_above_ceiling = 0.0
         self.longest_above_high = 0.0
-        self.longest_slots_above_ceiling = 0.0
-        self._slots_run = 0.0
+        self.longest_unchosen_above_ceiling = 0.0
+        self._unchosen_run = 0.0
         self._ceiling_run = 0.0
         self._high_run = 0.0
         self.series: list[tuple[float, int, int, int, int]] = []
         self._next_sample = 0.0
         self._last_t: float | None = None
-        self._state: tuple[int, int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0, 0)
+        self._state: tuple[int, int, int, int, int, int, int, int] = (0,) * 8
 
     def observe(
         self,
         t: float,
-        state: tuple[int, int, int, int, int, int, int],
+        state: tuple[int, int, int, int, int, int, int, int],
     ) -> None:
-        """`state` is (count, slots, honest, attackers, honest groups, hv online, hv open).
+        """`state` is (count, slots, honest, attackers, honest groups, hv online, hv open,
+        unchosen).
 
         An unchanged state extends the interval of the one before, so the sums depend only
         on when the state changed (not on how many steps the event loop happened to need).
@@ -214,12 +215,12 @@ class Recorder:
             self._last_t = t
 
     @property
-    def state(self) -> tuple[int, int, int, int, int, int, int]:
+    def state(self) -> tuple[int, int, int, int, int, int, int, int]:
         """The latest state observed (the end state, once the run is over)."""
         return self._state
 
     def _hold(self, t0: float, t1: float) -> None:
-        count, slots, honest, attackers, groups, hv_online, hv_open = self._state
+        count, slots, honest, attackers, groups, hv_online, hv_open, unchosen = self._state
         while self._next_sample < t1:
             if self._next_sample >= t0:
                 self.series.append((self._next_sample, count, honest, attackers, groups))
@@ -245,13 +246,13 @@ class Recorder:
             self.longest_above_ceiling = max(self.longest_above_ceiling, self._ceiling_run)
         else:
             self._ceiling_run = 0.0
-        if slots > self.ceiling:
-            self._slots_run += dt
-            self.longest_slots_above_ceiling = max(
-                self.longest_slots_above_ceiling, self._slots_run
+        if unchosen > self.ceiling:
+            self._unchosen_run += dt
+            self.longest_unchosen_above_ceiling = max(
+                self.longest_unchosen_above_ceiling, self._unchosen_run
             )
         else:
-            self._slots_run = 0.0
+            self._unchosen_run = 0.0
         self.hv_online_time += hv_online * dt
         self.hv_open_time += hv_open * dt
         share = attackers / slots if slots else 0.0
@@ -291,6 +292,7 @@ class World:
         # The counts the figures are made of; "slots" are open unprotected connections.
         self.count = 0
         self.slots = 0
+        self.protected_open = 0
         self.honest_open = 0
         self.attackers_open = 0
         self.hv_online = 0
@@ -345,16 +347,14 @@ class World:
             rng = self._rng(f"h{i}")
             if i < protected:
                 group, version = honest_groups[i % len(honest_groups)]
-                peer = self._new_peer(
-                    f"p{i}", True, "protected", True, group, version, True, rng, layout
-                )
+                peer = self._new_peer(f"p{i}", True, "protected", True, group, version, True, rng)
                 self.manager.protect(peer.peer_id, "bootstrap")
                 start = rng.uniform(0.0, 1.0)
             else:
                 j = i - protected
                 group, version = honest_groups[j % len(honest_groups)]
                 peer = self._new_peer(
-                    f"h{j}", True, kinds[j], False, group, version, directions[j], rng, layout
+                    f"h{j}", True, kinds[j], False, group, version, directions[j], rng
                 )
                 start = rng.uniform(*sc.honest_start)
             self._at(start, peer, self._dial)
@@ -375,7 +375,7 @@ class World:
                     draw = rng.random()
                     kind = "mesh" if draw < mesh else "dht" if draw < mesh + dht else "idle"
                 group = groups[index % len(groups)]
-                peer = self._new_peer(f"a{index}", False, kind, False, group, 4, False, rng, layout)
+                peer = self._new_peer(f"a{index}", False, kind, False, group, 4, False, rng)
                 at = start + (sc.attacker_spread * k / sc.attackers if sc.attackers > 1 else 0.0)
                 self._at(at, peer, self._dial)
                 index += 1
@@ -390,7 +390,6 @@ class World:
         version: int,
         outbound: bool,
         rng: random.Random,
-        layout: random.Random,
     ) -> SimPeer:
         if version == 6:
             addr = (
@@ -435,7 +434,9 @@ class World:
         peer.epoch += 1
         self.open_conns[conn] = None
         self._count_open(conn, +1)
-        if not peer.protected:
+        if peer.protected:
+            self.protected_open += 1
+        else:
             self.count += 1
         if not peer.honest:
             self.attacker_conns += 1
@@ -512,7 +513,9 @@ class World:
         conn.state = _CLOSED
         peer = conn.peer
         del self.open_conns[conn]
-        if not peer.protected:
+        if peer.protected:
+            self.protected_open -= 1
+        else:
             self.count -= 1
         peer.conn = None
         peer.epoch += 1
@@ -547,7 +550,12 @@ class World:
 
     # -- the run ----------------------------------------------------------------------
 
-    def _state(self) -> tuple[int, int, int, int, int, int, int]:
+    def _state(self) -> tuple[int, int, int, int, int, int, int, int]:
+        if self.pruner is None:
+            # The connections no trim has chosen yet (the manager's own count, unprotected).
+            unchosen = self.manager.get_info().conn_count - self.protected_open
+        else:
+            unchosen = self.slots
         return (
             self.count,
             self.slots,
@@ -556,6 +564,7 @@ class World:
             len(self.groups),
             self.hv_online,
             self.hv_open,
+            unchosen,
         )
 
     async def run(self) -> None:
