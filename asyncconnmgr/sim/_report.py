@@ -35,12 +35,14 @@ class Figures:
     protected excluded; for "libp2p", the slots) exceeded that ceiling: how long a crossing
     went unanswered.
 
-    Work: `trims_per_min` (every trim or prune cycle that ran, empty ones included),
+    Work: `trims_per_min` (every trim that ran, empty ones included; for "libp2p", every
+    prune cycle that found the count above high water),
     `closes_per_min` (connections it closed), `largest_trim` (the most connections one
     trim closed) and `ceiling_trims` (trims the ceiling started).
 
     Honest peers: `hv_kept` is the share of the high-value (mesh) honest peers that wanted
-    to be connected and were (time-weighted), `hv_mean` how many were, on average;
+    to be connected and were (time-weighted; 1.0 if none wanted to), `hv_mean` how many
+    were connected, on average;
     `honest_end` and `honest_min` the honest unprotected peers connected at the end and at
     the fewest; `honest_groups_end` and `honest_groups_min` the distinct netgroups (/16 or
     IPv6 /32) they came from; `eclipsed` is true if at some moment not one honest
