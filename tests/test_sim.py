@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import anyio
@@ -178,7 +179,7 @@ def test_cli_json_parses(capsys: pytest.CaptureFixture[str]) -> None:
         ("libp2p", None),
     ]
     assert all(r["duration"] == 30.0 for r in runs)
-    assert document["meta"]["scenario_changes"] == {"duration": 30.0}
+    assert document["meta"]["scenario_changes"]["duration"] == 30.0
     assert "series" not in runs[0]
 
 
@@ -206,6 +207,31 @@ def test_cli_markdown_and_plot(capsys: pytest.CaptureFixture[str], tmp_path: Any
     assert lines[0].startswith("| scenario | policy |")
     assert lines[2].startswith("| flood | default reference |")
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    figures = sim.run(SHORT["churn"].evolve(duration=15.0), "libp2p")
+    with pytest.raises(ValueError, match="figures"):
+        sim.plot([], str(tmp_path / "empty.png"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(RuntimeError, match="matplotlib"):
+        sim.plot([figures], str(tmp_path / "trims.png"))
+    status, _, err = _cli(
+        capsys,
+        "--scenario",
+        "churn",
+        "--policy",
+        "libp2p",
+        "--set",
+        "duration=15",
+        "--plot",
+        str(tmp_path / "trims.png"),
+    )
+    assert status == 2
+    assert "matplotlib" in err
+    assert not (tmp_path / "trims.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -282,6 +308,8 @@ async def test_run_async_checks_its_arguments_first() -> None:
         ({"attacker_kind": "sneaky"}, ValueError, "attacker_kind"),
         ({"mesh_share": 1.5}, ValueError, "mesh_share"),
         ({"low_water": 40}, ValueError, "low_water"),
+        ({"duration": 10.0}, ValueError, "warmup"),
+        ({"attackers": 10, "attacker_waves": 0}, ValueError, "attacker_waves"),
         ({"nope": 1}, ValueError, "nope"),
     ],
 )

@@ -122,9 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for text in args.set:
             key, value = parse_assignment(text)
             (settings if key in MANAGER_SETTINGS else changes)[key] = value
+        if "duration" in changes:
+            # A duration given is the one to run, quick or not.
+            changes.setdefault("quick_duration", changes["duration"])
         scenarios: list[Scenario] = [SCENARIOS[name].evolve(**changes) for name in scenario_names]
-        if args.quick and "duration" in changes:
-            scenarios = [s.evolve(quick_duration=s.duration) for s in scenarios]
         figures = run_matrix(
             scenarios,
             policies,

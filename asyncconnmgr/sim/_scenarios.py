@@ -162,12 +162,19 @@ class Scenario:
             raise ValueError(
                 f"low_water ({self.low_water}) must be <= high_water ({self.high_water})"
             )
+        if self.warmup >= min(self.duration, self.quick_duration):
+            raise ValueError(
+                f"warmup ({self.warmup}) must be shorter than duration ({self.duration}) "
+                f"and quick_duration ({self.quick_duration})"
+            )
         if self.protected_peers > self.honest_peers:
             raise ValueError("protected_peers must be <= honest_peers")
         if self.mesh_share + self.dht_share > 1:
             raise ValueError("mesh_share + dht_share must be <= 1")
         if self.attackers and not self.attacker_groups:
             raise ValueError("attacker_groups must be >= 1 when there are attackers")
+        if self.attackers and not self.attacker_waves:
+            raise ValueError("attacker_waves must be >= 1 when there are attackers")
         if self.honest_peers > self.protected_peers and not self.honest_groups:
             raise ValueError("honest_groups must be >= 1 when there are honest peers")
         if self.attacker_groups > 200 or self.honest_groups > 20_000:

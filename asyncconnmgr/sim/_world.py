@@ -31,7 +31,7 @@ import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
-from .. import ConnManager, DecayingTag, bump_sum_bounded, decay_fixed
+from .. import ConnManager, DecayingTag, bump_sum_bounded, decay_fixed, decay_none
 from ..abc import Direction
 from ..testing import FakeClock, settle
 from ._libp2p import Libp2pPruner
@@ -107,7 +107,9 @@ class SimConn:
     `disconnected`. A cancelled close leaves the connection open, as a real one would be.
     """
 
+    # `__weakref__`: the manager remembers ended connections weakly, as it would a real one.
     __slots__ = (
+        "__weakref__",
         "_world",
         "direction",
         "num_streams",
@@ -301,7 +303,7 @@ class World:
         self.gossip: DecayingTag = manager.register_decaying_tag(
             "gossip",
             scenario.gossip_decay_interval,
-            decay_fixed(max(scenario.gossip_decay, 1)),
+            decay_fixed(scenario.gossip_decay) if scenario.gossip_decay else decay_none(),
             bump_sum_bounded(0, scenario.gossip_cap),
         )
         self.pruner: Libp2pPruner | None = None
@@ -366,7 +368,7 @@ class World:
         groups = _attacker_groups(layout, sc.attacker_groups)
         mesh, dht = sc.honest_kinds
         index = 0
-        for wave in range(max(sc.attacker_waves, 1)):
+        for wave in range(sc.attacker_waves):
             start = sc.attacker_start + wave * sc.attacker_wave_every
             for k in range(sc.attackers):
                 rng = self._rng(f"a{index}")
