@@ -225,7 +225,7 @@ def test_plot_without_matplotlib_says_so(
         "--policy",
         "libp2p",
         "--set",
-        "duration=15",
+        "duration=25",
         "--plot",
         str(tmp_path / "trims.png"),
     )
