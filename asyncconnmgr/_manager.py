@@ -179,9 +179,12 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             at once. False gives the
             reference behaviour (grace protects every new peer, however many).
         ceiling: with the bounded count, the count that starts a trim at once (>= high
-            water; default high water plus half the band between the marks, at least 1).
+            water; default high water plus a fifth of the band between the marks, at
+            least 1).
         grace_budget: with the bounded count, how many connections of peers in grace keep
-            their grace (>= 0; default `high_water - low_water`), the oldest first.
+            their grace (>= 0; default half the band, `(high_water - low_water) // 2`);
+            which peers keep it is the policy's choice (the youngest lose it first with
+            the default policy).
     """
 
     def __init__(
@@ -732,7 +735,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             return PeerStatus(peer, "closing", value, conns, streams, outbound)
         now = self._now()
         candidates = table.candidates(now)
-        everyone = candidates.eligible + candidates.over_budget
+        everyone = candidates.eligible + candidates.in_grace
         if entry not in everyone:
             until = entry.first_seen + cfg.grace_period
             # `entry.streams` is read only for candidates: read this peer's streams now.
@@ -741,7 +744,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._log_stream_failures()
         order = [
             *self._order(candidates.eligible, candidates.count, now),
-            *self._order(candidates.over_budget, candidates.count, now),
+            *self._order(candidates.in_grace, candidates.count, now),
         ]
         chosen = self._plan(now)[2].entries
         rank = next((at for at, item in enumerate(order) if item is entry), None)
@@ -855,8 +858,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def _plan(self, now: float) -> tuple[Candidates, int, Choice, tuple[object, ...]]:
         """The victims of a trim now: the policy's order of the eligible, covering what
-        exceeds low water; then the connections of the peers in grace beyond the budget, in
-        the policy's order, as far as the count (protected peers aside) stays at or above
+        exceeds low water; then, when more connections are in grace than the budget, the
+        policy's order of the peers in grace, covering the excess (the policy chooses who
+        keeps its grace), as far as the count (protected peers aside) stays at or above
         low water: a host that has just started, all of its peers in grace, keeps low water.
         Also each victim's reason, asked of the policy right after the order it belongs
         to."""
@@ -866,7 +870,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         if self._config.trimming_disabled:
             return candidates, 0, Choice(), ()
         target = self._target(candidates)
-        over = candidates.count - candidates.eligible_count
+        over = candidates.beyond_budget
         if target <= 0 and over <= 0:
             return candidates, min(target, 0), Choice(), ()
         choice = Choice()
@@ -878,9 +882,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             reasons = self._reasons(choice)
         if over > 0:
             left = candidates.eligible_count - len(choice.conns) + candidates.grace_count
-            over = min(over, left + over - self._config.low_water)
+            over = min(over, left - self._config.low_water)
         if over > 0:
-            late = table.choose(self._order(candidates.over_budget, over, now), over)
+            late = table.choose(self._order(candidates.in_grace, over, now), over)
             choice = choice + late
             reasons += self._reasons(late)
         return candidates, max(target, 0) + max(over, 0), choice, reasons

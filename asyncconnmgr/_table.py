@@ -239,20 +239,23 @@ class PeerEntry:
 class Candidates:
     """The peers a trim may close now, decided from the state at one moment.
 
-    `eligible` are out of grace; `over_budget` are in grace beyond the grace budget (empty
-    without the bounded count), to be closed only after the eligible ones. `count` is the
-    number of connections they hold that are not being closed, `eligible_count` the part of
-    it the eligible hold, `grace_count` the connections of the peers keeping their grace
-    (neither protected nor being closed). `next_grace_expiry` is the
-    earliest time a peer now keeping its grace becomes eligible (None if none does).
+    `eligible` are out of grace. `grace_count` counts the connections of the peers in grace
+    (neither protected nor being closed); when it exceeds the bounded count's grace budget,
+    `beyond_budget` is by how much and `in_grace` lists those peers: the policy chooses which
+    of them lose their grace, to be closed only after the eligible ones (otherwise, and
+    without the bounded count, `in_grace` is empty). `count` is the number of connections
+    the candidates hold that are not being closed, `eligible_count` the part of it the
+    eligible hold. `next_grace_expiry` is the earliest time a peer in grace becomes eligible
+    (None if none does).
     """
 
     eligible: list[PeerEntry]
-    over_budget: list[PeerEntry]
+    in_grace: list[PeerEntry]
     count: int
     eligible_count: int
     next_grace_expiry: float | None
     grace_count: int = 0
+    beyond_budget: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -821,25 +824,20 @@ class PeerTable:
             eligible.append(entry)
             count += open_conns
         eligible_count = count
-        over_budget: list[PeerEntry] = []
-        keeping = in_grace
-        budget = self.grace_budget
-        if budget is not None and in_grace:
-            # The oldest in grace keep it, up to `budget` connections; the rest are candidates.
-            in_grace.sort(key=_first_seen_and_seq)
-            kept = 0
-            for at, entry in enumerate(in_grace):
-                kept += entry.open_conns
-                if kept > budget:
-                    keeping, over_budget = in_grace[:at], in_grace[at:]
-                    break
-            count += sum(entry.open_conns for entry in over_budget)
-        next_grace = min((entry.first_seen for entry in keeping), default=None)
-        self._read_streams(eligible)
-        self._read_streams(over_budget)
+        grace_count = sum(entry.open_conns for entry in in_grace)
+        next_grace = min((entry.first_seen for entry in in_grace), default=None)
         expiry = None if next_grace is None else next_grace + grace
-        grace_count = sum(entry.open_conns for entry in keeping)
-        return Candidates(eligible, over_budget, count, eligible_count, expiry, grace_count)
+        budget = self.grace_budget
+        beyond = 0 if budget is None else grace_count - budget
+        if beyond > 0:
+            # More in grace than the budget: which of them lose it is the policy's choice.
+            count += grace_count
+        else:
+            beyond = 0
+            in_grace = []
+        self._read_streams(eligible)
+        self._read_streams(in_grace)
+        return Candidates(eligible, in_grace, count, eligible_count, expiry, grace_count, beyond)
 
     def _read_streams(self, entries: list[PeerEntry]) -> None:
         """`entry.streams` of each entry: the sum over its connections, read once.
@@ -983,10 +981,6 @@ class PeerTable:
                 assert held.peer == peer
         for tags in self._protected.values():
             assert tags, "an empty protection set was kept"
-
-
-def _first_seen_and_seq(entry: PeerEntry) -> tuple[float, int]:
-    return entry.first_seen, entry.seq
 
 
 def _streams_or_zero(conn: Conn) -> int:

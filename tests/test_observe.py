@@ -693,14 +693,17 @@ async def test_explain_a_peer_in_grace_beyond_the_budget() -> None:
         clock.advance(1)
         connect(manager, {"second": 0})
         await settle()
-        # The budget keeps the grace of the oldest connection in grace; the younger peer
-        # becomes a candidate, after every eligible one.
-        assert manager.explain("first") == PeerStatus("first", "in_grace", conns=1, until=21)
+        # More in grace than the budget: the peers in grace are candidates, after every
+        # eligible one, and the policy's order says who keeps the grace (the default: the
+        # oldest; the youngest is closed first).
         assert manager.explain("settled") == PeerStatus(
-            "settled", "candidate", 9, 1, rank=0, candidates=2, would_close=False
+            "settled", "candidate", 9, 1, rank=0, candidates=3, would_close=False
         )
         assert manager.explain("second") == PeerStatus(
-            "second", "candidate", 0, 1, rank=1, candidates=2, would_close=True
+            "second", "candidate", 0, 1, rank=1, candidates=3, would_close=True
+        )
+        assert manager.explain("first") == PeerStatus(
+            "first", "candidate", 0, 1, rank=2, candidates=3, would_close=False
         )
         result = await manager.trim_open_conns()
         assert peers_of(result) == ["second"]
