@@ -234,20 +234,26 @@ class Closer:
             while not run.done:
                 if run.deadline is not None and clock.now() >= run.deadline:
                     return
+                held = True  # the watchdog cancelled the close (its scope ended the slice)
                 with anyio.CancelScope(shield=True) as scope:
-                    await self._slice(state, scope, current)
+                    held = await self._slice(state, scope, current)
                 stuck = current.conn
-                if stuck is not None:  # the watchdog cancelled its close
+                if stuck is not None:
                     current.conn = None
                     state.report(stuck, _abort(stuck))
-                await anyio.lowlevel.checkpoint()
-                state.until = perf_counter() + state.slice
+                if held:
+                    await anyio.lowlevel.checkpoint()
+                    state.until = perf_counter() + state.slice
+                else:  # the slice ended with a close that suspended: the loop has turned
+                    await anyio.lowlevel.checkpoint_if_cancelled()
         finally:
             state.workers -= 1
 
-    async def _slice(self, state: _Closing, scope: anyio.CancelScope, current: _Current) -> None:
+    async def _slice(self, state: _Closing, scope: anyio.CancelScope, current: _Current) -> bool:
         """Starts closes until the run is done, the budget is spent, or the scope has been
-        cancelled. The per-close work of a close that does not suspend is all here."""
+        cancelled; returns whether this worker has held the event loop since it last
+        resumed (then it must yield). The per-close work of a close that does not suspend
+        is all here."""
         run = state.run
         conns = run.conns
         total = len(conns)
@@ -255,13 +261,15 @@ class Closer:
         recheck = run.recheck
         closed = state.closed
         report = state.report
+        held = False
         while True:
             at = run.started
             if at >= total or run.stopped:
-                return
+                return held
             deadline = run.deadline
             if deadline is not None and now() >= deadline:
-                return
+                return held
+            held = True
             conn = conns[at]
             run.started = at + 1
             if recheck() and run.spare(conn):
@@ -288,10 +296,11 @@ class Closer:
                         closed(conn)
                     else:
                         await self._suspended(state, scope, current, conn, steps, yielded)
+                        held = False
                         if scope.cancel_called:
-                            return  # the close outlived its deadline but did end
+                            return held  # the close outlived its deadline but did end
             if perf_counter() >= state.until:
-                return
+                return held
 
     async def _suspended(
         self,
