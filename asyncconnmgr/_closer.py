@@ -223,8 +223,10 @@ class Closer:
         half-way), which the watchdog cancels if a close that suspended in it outlives its
         deadline. Every close runs wholly inside one scope: its first step is taken inside
         the scope its rest runs in (trio and anyio require a coroutine's cancel scopes to
-        nest). Between slices the worker yields, unshielded: the event loop is never held
-        for longer than the budget, and a cancellation of the manager stops the worker.
+        nest). Between slices the worker is unshielded: a cancellation of the manager stops
+        it there. It yields there too, unless its slice ended with a close that suspended
+        (the event loop has just come round): the loop is never held for longer than the
+        budget.
         """
         run = state.run
         clock = self._clock
