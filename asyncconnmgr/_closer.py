@@ -3,22 +3,32 @@
 A trim marks its victims closing before any close starts (so counts drop at once and no
 later trim picks them again), then hands the connections to `Closer.run`. The closer starts
 them in order with at most `close_concurrency` running at once, and reports what became of
-each (`report(conn, outcome)`, one of `OUTCOMES`); it never touches the manager's state.
+each: `closed(conn)` for a close that completed, `report(conn, outcome)` for any other
+outcome of `OUTCOMES`. It never touches the manager's state.
 
 Why a watchdog: a close is bounded by `close_timeout` on the manager's clock, which tests
 replace with a `FakeClock`. anyio's cancel-scope deadlines run on the event loop's clock, not
 on the injected one, so a scope deadline would never fire in a test and would fire on real
 time under a fake one. One watchdog task sleeps on the injected clock until the oldest
-running close's deadline and cancels that close's scope. Closes start in order with one
-timeout, so their deadlines are in order: a deque, not a heap.
+suspended close's deadline and cancels the scope that close runs in. Closes suspend in the
+order they start, with one timeout, so their deadlines are in order: a deque, not a heap.
 
 Why a fast path: most closes finish without suspending (a stub, a transport already gone, a
 close that only schedules work). A worker runs closes in slices, each slice inside one
 shielded cancel scope, and steps each close's coroutine itself: a close that completes at
-once costs no task, no scope of its own and no watchdog entry. A close that suspends gets a
-watchdog entry and ends its slice, so that the scope the watchdog may cancel holds only it.
-The workers leave their scope and yield after every `LoopBudget` slice, so the event loop
-is never held for long, and a cancellation of the manager reaches them there.
+once costs no task, no scope of its own, no watchdog entry and no clock reading. A close
+that suspends gets a watchdog entry (its deadline counted from then) and is awaited in the
+scope it started in; a close that the watchdog cancelled ends its scope, so that the next
+one starts in a fresh scope that nobody has cancelled.
+
+Why lazy workers: the first worker runs in the caller's task. Each close that suspends
+starts one more worker (up to `close_concurrency`), and the first that suspends starts the
+watchdog, so a trim whose closes never suspend costs no task at all, and one whose closes
+all suspend reaches full concurrency within as many turns of the event loop. The workers
+share one budget of real time (`LoopBudget`): a worker whose slice has used it leaves its
+scope and yields, and so does any other worker that runs before the event loop has come
+round, so the loop is never held for much longer than the budget, whatever the closes do;
+a cancellation of the manager reaches the workers there.
 
 A close that is still running at its deadline is cancelled; if the connection has a sync
 `abort()` it is then called once and the connection counts as closed ("aborted"), else it
@@ -36,11 +46,13 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
+from time import perf_counter
 from types import CoroutineType
 from typing import Any
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import TaskGroup
 
 from ._clock import LoopBudget, Wakeup
 from .abc import Clock, Conn
@@ -50,6 +62,7 @@ __all__ = ["CloseRun", "Closer"]
 logger = logging.getLogger("asyncconnmgr.closer")
 
 Report = Callable[[Conn, str], None]
+Closed = Callable[[Conn], object]
 
 
 class CloseRun:
@@ -112,12 +125,43 @@ class _Watched:
 
 
 class _Current:
-    """The connection a worker is closing, if any (set while its close runs)."""
+    """The connection whose suspended close a worker awaits, if any."""
 
     __slots__ = ("conn",)
 
     def __init__(self) -> None:
         self.conn: Conn | None = None
+
+
+class _Closing:
+    """What the workers of one `CloseRun` share."""
+
+    __slots__ = (
+        "closed",
+        "group",
+        "outer",
+        "report",
+        "run",
+        "slice",
+        "until",
+        "wakeup",
+        "watchdog",
+        "watched",
+        "workers",
+    )
+
+    def __init__(self, run: CloseRun, report: Report, closed: Closed, outer: TaskGroup) -> None:
+        self.run = run
+        self.report = report
+        self.closed = closed
+        self.outer = outer  # holds the watchdog
+        self.group: TaskGroup | None = None  # holds the workers but the first
+        self.workers = 1
+        self.watched: deque[_Watched] = deque()
+        self.wakeup = Wakeup()
+        self.watchdog: anyio.CancelScope | None = None
+        self.slice = LoopBudget().slice
+        self.until = perf_counter() + self.slice  # on the performance counter
 
 
 class Closer:
@@ -128,29 +172,35 @@ class Closer:
         self._timeout = timeout
         self._concurrency = concurrency
 
-    async def run(self, run: CloseRun, report: Report) -> None:
-        """Runs the closes of `run`, reporting each outcome; returns once every started close
-        has finished (or was abandoned after `close_timeout`)."""
-        conns = run.conns
-        if not conns:
+    async def run(self, run: CloseRun, report: Report, closed: Closed) -> None:
+        """Runs the closes of `run`: `closed(conn)` for each that completed, `report(conn,
+        outcome)` for each other outcome; returns once every started close has finished (or
+        was abandoned after `close_timeout`).
+
+        The first worker runs in the calling task (it joins `run.task_ids`). Cancelling the
+        call stops it starting closes at its next yield; the closes already started finish
+        first, each within `close_timeout`.
+        """
+        if not run.conns:
             return
-        watched: deque[_Watched] = deque()
-        wakeup = Wakeup()
-        budget = LoopBudget()
-        async with anyio.create_task_group() as tg:
-            watchdog_scope = anyio.CancelScope(shield=True)
-
-            async def watchdog() -> None:
-                with watchdog_scope:
-                    await self._watchdog(watched, wakeup)
-
-            tg.start_soon(watchdog)
+        async with anyio.create_task_group() as outer:
+            state = _Closing(run, report, closed, outer)
             try:
                 async with anyio.create_task_group() as workers:
-                    for _ in range(min(self._concurrency, len(conns))):
-                        workers.start_soon(self._worker, run, report, watched, wakeup, budget)
+                    state.group = workers
+                    await self._worker(state)
             finally:
-                watchdog_scope.cancel()
+                if state.watchdog is not None:
+                    state.watchdog.cancel()
+
+    def _start_watchdog(self, state: _Closing) -> None:
+        scope = state.watchdog = anyio.CancelScope(shield=True)
+
+        async def watchdog() -> None:
+            with scope:
+                await self._watchdog(state.watched, state.wakeup)
+
+        state.outer.start_soon(watchdog)
 
     async def _watchdog(self, watched: deque[_Watched], wakeup: Wakeup) -> None:
         clock = self._clock
@@ -166,109 +216,128 @@ class Closer:
                 watched.popleft()
                 head.scope.cancel()
 
-    async def _worker(
-        self,
-        run: CloseRun,
-        report: Report,
-        watched: deque[_Watched],
-        wakeup: Wakeup,
-        budget: LoopBudget,
-    ) -> None:
-        """Closes connections of `run` in turn, in slices.
+    async def _worker(self, state: _Closing) -> None:
+        """Closes connections of the run in turn, in slices.
 
         Each slice runs in a fresh shielded scope (a cancelled trim never abandons a close
-        half-way), which the watchdog cancels if the close that suspended in it outlives its
+        half-way), which the watchdog cancels if a close that suspended in it outlives its
         deadline. Every close runs wholly inside one scope: its first step is taken inside
         the scope its rest runs in (trio and anyio require a coroutine's cancel scopes to
-        nest). Between slices the worker yields, unshielded: the event loop is never held
-        for longer than the budget, and a cancellation of the manager stops the worker.
+        nest). Between slices the worker is unshielded: a cancellation of the manager stops
+        it there. It yields there too, unless its slice ended with a close that suspended
+        (the event loop has just come round): the loop is never held for longer than the
+        budget.
         """
+        run = state.run
+        clock = self._clock
         # Only while it runs: a task id is the id() of the task object, and a new task may
         # reuse the id of one that has ended.
         task_id = anyio.get_current_task().id
         run.task_ids.add(task_id)
+        current = _Current()
         try:
-            await self._work(run, report, watched, wakeup, budget)
+            while not run.done:
+                if run.deadline is not None and clock.now() >= run.deadline:
+                    return
+                held = True  # the watchdog cancelled the close (its scope ended the slice)
+                with anyio.CancelScope(shield=True) as scope:
+                    held = await self._slice(state, scope, current)
+                stuck = current.conn
+                if stuck is not None:
+                    current.conn = None
+                    state.report(stuck, _abort(stuck))
+                if held:
+                    await anyio.lowlevel.checkpoint()
+                    state.until = perf_counter() + state.slice
+                else:  # the slice ended with a close that suspended: the loop has turned
+                    await anyio.lowlevel.checkpoint_if_cancelled()
         finally:
+            state.workers -= 1
             run.task_ids.discard(task_id)
 
-    async def _work(
-        self,
-        run: CloseRun,
-        report: Report,
-        watched: deque[_Watched],
-        wakeup: Wakeup,
-        budget: LoopBudget,
-    ) -> None:
-        current = _Current()
-        while not run.done:
-            if run.deadline is not None and self._clock.now() >= run.deadline:
-                return
-            with anyio.CancelScope(shield=True) as scope:
-                await self._slice(run, report, watched, wakeup, budget, scope, current)
-            stuck = current.conn
-            if stuck is not None:  # the watchdog cancelled its close
-                current.conn = None
-                report(stuck, _abort(stuck))
-            await anyio.lowlevel.checkpoint()
-            budget.reset()
-
-    async def _slice(
-        self,
-        run: CloseRun,
-        report: Report,
-        watched: deque[_Watched],
-        wakeup: Wakeup,
-        budget: LoopBudget,
-        scope: anyio.CancelScope,
-        current: _Current,
-    ) -> None:
+    async def _slice(self, state: _Closing, scope: anyio.CancelScope, current: _Current) -> bool:
+        """Starts closes until the run is done, the budget is spent, or the scope has been
+        cancelled; returns whether this worker has held the event loop since it last
+        resumed (then it must yield). The per-close work of a close that does not suspend
+        is all here."""
+        run = state.run
         conns = run.conns
         total = len(conns)
-        clock = self._clock
-        while not run.stopped and run.started < total:
-            if run.deadline is not None and clock.now() >= run.deadline:
-                return
-            conn = conns[run.started]
-            run.started += 1
-            if run.recheck() and run.spare(conn):
+        now = self._clock.now
+        recheck = run.recheck
+        closed = state.closed
+        report = state.report
+        held = False
+        while True:
+            at = run.started
+            if at >= total or run.stopped:
+                return held
+            deadline = run.deadline
+            if deadline is not None and now() >= deadline:
+                return held
+            held = True
+            conn = conns[at]
+            run.started = at + 1
+            if recheck() and run.spare(conn):
                 report(conn, "spared")
-                continue
-            current.conn = conn
-            outcome, pending = self._begin(conn, run)
-            if pending is not None:
-                watch = _Watched(clock.now() + self._timeout, scope)
-                watched.append(watch)
-                wakeup.set()
-                try:
-                    outcome = await self._rest(conn, pending, run, scope)
-                finally:
-                    watch.done = True
-            current.conn = None
-            report(conn, outcome)
-            if pending is not None or budget.spent():
-                return  # a fresh scope for what follows (this one may have been cancelled)
-
-    def _begin(self, conn: Conn, run: CloseRun) -> tuple[str, _Pending | None]:
-        """Starts `conn.close()` and steps it once: the outcome if it is over, else what is
-        left of it to await."""
-        try:
-            awaitable: Any = conn.close()
-            if type(awaitable) is CoroutineType:
-                steps: Any = awaitable
-            elif hasattr(awaitable, "__await__"):
-                steps = awaitable.__await__()
             else:
-                return "closed", None  # a plain function: it has closed
-            yielded = steps.send(None)
-        except StopIteration:
-            return "closed", None
-        except Exception:
-            logger.warning("asyncconnmgr: closing %r failed", conn, exc_info=True)
-            return "failed", None
-        except BaseException as exc:
-            return self._unexpected(conn, exc, run), None
-        return "", _Pending(steps, yielded)
+                try:
+                    awaitable: Any = conn.close()
+                    if type(awaitable) is CoroutineType:
+                        steps: Any = awaitable
+                    elif hasattr(awaitable, "__await__"):
+                        steps = awaitable.__await__()
+                    else:
+                        steps = None  # a plain function: it has closed
+                    yielded = None if steps is None else steps.send(None)
+                except StopIteration:
+                    closed(conn)
+                except Exception:
+                    logger.warning("asyncconnmgr: closing %r failed", conn, exc_info=True)
+                    report(conn, "failed")
+                except BaseException as exc:
+                    report(conn, self._unexpected(conn, exc, run))
+                else:
+                    if steps is None:
+                        closed(conn)
+                    else:
+                        await self._suspended(state, scope, current, conn, steps, yielded)
+                        held = False
+                        if scope.cancel_called:
+                            return held  # the close outlived its deadline but did end
+            if perf_counter() >= state.until:
+                return held
+
+    async def _suspended(
+        self,
+        state: _Closing,
+        scope: anyio.CancelScope,
+        current: _Current,
+        conn: Conn,
+        steps: Any,
+        yielded: Any,
+    ) -> None:
+        """Watches a close whose first step suspended, and awaits the rest of it."""
+        run = state.run
+        if state.watchdog is None:
+            self._start_watchdog(state)
+        if state.workers < self._concurrency and not run.done:
+            assert state.group is not None
+            state.workers += 1
+            state.group.start_soon(self._worker, state)
+        watch = _Watched(self._clock.now() + self._timeout, scope)
+        state.watched.append(watch)
+        state.wakeup.set()
+        current.conn = conn
+        try:
+            outcome = await self._rest(conn, _Pending(steps, yielded), run, scope)
+        finally:
+            watch.done = True
+        current.conn = None
+        if outcome == "closed":
+            state.closed(conn)
+        else:
+            state.report(conn, outcome)
 
     async def _rest(
         self, conn: Conn, pending: _Pending, run: CloseRun, scope: anyio.CancelScope

@@ -940,18 +940,16 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         ledger = self._ledger
         outcomes = flight.outcomes
 
-        def report(conn: Conn, outcome: str) -> None:
-            if outcome == "closed" or outcome == "aborted":
+        def report(conn: Conn, outcome: str) -> None:  # every outcome but "closed"
+            if outcome == "aborted":
                 ledger.close_completed(conn)
-                if outcome == "closed":
-                    return
             else:
                 ledger.close_not_done(conn)
             outcomes[conn] = outcome
 
         run = flight.run
         try:
-            await self._closer.run(run, report)
+            await self._closer.run(run, report, ledger.close_completed)
         finally:
             ledger.closes_not_started(run.conns[run.started :])
             ledger.settle()

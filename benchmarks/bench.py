@@ -1,4 +1,5 @@
-"""The churn-W benchmark: figures M1-M5 and a decay tick.
+"""The churn-W benchmark: figures M1-M6, the notification cost of a peer's many connections,
+and a decay tick.
 
 The workload, at N = 1,000 / 10,000 / 100,000 open connections: N/2 peers with one inbound
 and one outbound connection each, 0-3 streams per connection (seeded), three tags per peer
@@ -6,11 +7,14 @@ and one outbound connection each, 0-3 streams per connection (seeded), three tag
 60 s grace period and the rest an hour earlier, low water N/2 and high water 3N/4. Figures:
 M1 ingest (per notification, through the notifiee until `flush()`), M2 tagging (per
 `tag_peer` and `upsert_tag`), M3 choosing the victims, M4 bytes retained per connection at
-N = 100,000, M5 a whole trim whose closes take 10 ms each, at N = 10,000.
+N = 100,000, M5 a whole trim whose closes take 10 ms each, at N = 10,000, M6 a whole trim
+whose closes return at once, at each N.
 
-Run it as ``python benchmarks/bench.py`` (a few minutes) or ``--quick`` (a few seconds, what
-CI runs so that the benchmark never rots; CI asserts nothing about the times). ``--json PATH``
-also writes every figure to a machine-readable file.
+Run it as ``python benchmarks/bench.py`` (a few minutes) or ``--quick`` (well under a minute,
+what CI runs so that the benchmark never rots; CI asserts nothing about the times).
+``--backend trio`` runs it on trio (M6 then also on asyncio, in turns, for the ratio);
+``--only M6,fan-in`` runs only the figures named; ``--json PATH`` also writes every figure
+to a machine-readable file.
 
 Every figure is the median over several repetitions, printed beside two references measured
 in the same process on the same workload:
@@ -40,6 +44,17 @@ How each figure is taken (N = open connections, N/2 peers with 2 connections eac
   (then reports ``disconnected`` as a host would); default ``close_concurrency`` and
   ``close_timeout``. py-libp2p closes at most 20 connections per prune cycle, one after
   another: one cycle is measured and scaled to the same number of closes (marked ``~``).
+- M6: a whole ``trim_open_conns()`` whose closes return without suspending (an async
+  ``close()`` that awaits nothing), at each N, beside a ticker task that awaits
+  ``sleep(0)`` in a loop: the plan (from the call to the first close entered), the whole
+  (until the call returns), and the longest gap the ticker saw (the longest the event loop
+  was held). The floor is its own plan followed by a plain loop awaiting each close in
+  turn. The reference is go-libp2p's ``TrimOpenConns`` on the same workload with stub
+  connections, 9.2 ms at N = 10,000 and 206 ms at N = 100,000, measured with go-libp2p's
+  own code on a 2-core machine of this kind and quoted here (this benchmark runs no Go).
+  Each repetition builds a fresh manager on a fresh event loop.
+- notification cost against one peer's connection count: M1's measure with 16,000
+  connections of one peer, and with 16,000 peers of one connection each; their ratio.
 - decay: one tick of a decaying tag with 100,000 connected peers, 1,000 of which hold a
   value that is due (``PeerTable.decay``: the synchronous work of the decayer's tick).
 
@@ -48,9 +63,11 @@ hands over; they hash in Python), else short strs; ``--peer-ids`` chooses. Every
 gets the same objects. Every manager is given ``high_water = N`` so that the background
 trimmer never starts in the middle of a measurement; explicit trims ignore high water (they
 trim whatever exceeds low water), so M3 and M5 choose the victims that the workload's
-marks (low N/2, high 3N/4) call for. The cyclic GC is paused inside the timed sections (as
-``timeit`` does), and the contenders take turns within each repetition, so that drift on a
-shared machine hits all.
+marks (low N/2, high 3N/4) call for. The cyclic GC stays enabled, as users run, and
+garbage is collected before each repetition (the GC otherwise makes per-event figures swing
+by 2x between runs of the same code); the contenders take turns within each repetition, so
+that drift on a shared machine hits all. The benchmark's connections can be weakly
+referenced, as a host's are.
 """
 
 from __future__ import annotations
@@ -98,6 +115,11 @@ CLOSE_DELAY = 0.010
 LIBP2P_BATCH = 20  # py-libp2p's ConnectionPruner closes at most this many per cycle
 DECAY_PEERS = 100_000
 DECAY_HELD = 1_000
+FAN_IN = 16_000  # the notification-cost figure: one peer's connections against as many peers
+#: go-libp2p's `TrimOpenConns` on churn-W with stub connections (closes that return at once),
+#: measured with go-libp2p's own code on a 2-core machine of the kind these figures come from:
+#: M6's reference, quoted (this benchmark does not run Go).
+GO_LIBP2P_WHOLE_TRIM = {10_000: 9.2e-3, 100_000: 206e-3}
 
 Peer = Any  # a str, or a py-libp2p `ID` with --peer-ids libp2p
 CloseHook = Callable[["BenchConn"], Awaitable[None]]
@@ -108,9 +130,20 @@ DIALLED = Direction.OUTBOUND
 
 
 class BenchConn:
-    """A connection as asyncconnmgr sees it (`asyncconnmgr.abc.Conn`)."""
+    """A connection as asyncconnmgr sees it (`asyncconnmgr.abc.Conn`).
 
-    __slots__ = ("direction", "num_streams", "on_close", "remote_addr", "remote_peer")
+    Like a host's connection objects (py-libp2p's among them), it can be weakly referenced:
+    the manager remembers ended connections through weak references.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "direction",
+        "num_streams",
+        "on_close",
+        "remote_addr",
+        "remote_peer",
+    )
 
     def __init__(self, peer: Peer, direction: Direction, streams: int) -> None:
         self.remote_peer = peer
@@ -224,19 +257,18 @@ class Workload:
 
 
 class Stopwatch:
-    """Times one section with the cyclic GC paused (as timeit does)."""
+    """Times one section. The cyclic GC stays enabled, as users run; garbage is collected
+    just before the section starts, so that no repetition pays for the last one's."""
 
     __slots__ = ("elapsed", "start")
 
     def __enter__(self) -> Stopwatch:
         gc.collect()
-        gc.disable()
         self.start = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.elapsed = time.perf_counter() - self.start
-        gc.enable()
 
 
 class Progress:
@@ -345,6 +377,16 @@ class Floor:
             else:
                 self.ignored += 1
         await anyio.lowlevel.checkpoint()
+
+    def closed(self, conn: BenchConn) -> None:
+        """A close the floor made: the connection leaves at once (no queue)."""
+        record = self.peers[conn.remote_peer]
+        del record[CONNS][conn]
+        self.count -= 1
+        if conn.direction is DIALLED:
+            record[OUTBOUND] -= 1
+        if not record[CONNS]:
+            del self.peers[conn.remote_peer]
 
     def _record(self, peer: Peer) -> list[Any]:
         record = self.peers.get(peer)
@@ -803,6 +845,227 @@ async def m5_trim(w: Workload, reps: int, libp2p: bool) -> Figure:
     return figure
 
 
+class Ticker:
+    """A task that awaits a checkpoint (``sleep(0)``) in a loop and keeps the longest gap
+    between two of its turns: the longest stretch for which something else held the loop."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.running = True
+        self._last = time.perf_counter()
+
+    async def run(self) -> None:
+        clock = time.perf_counter
+        while self.running:
+            await anyio.lowlevel.checkpoint()
+            now = clock()
+            if now - self._last > self.longest:
+                self.longest = now - self._last
+            self._last = now
+
+    def reset(self) -> None:
+        self.longest = 0.0
+        self._last = time.perf_counter()
+
+
+async def beside_ticker(
+    trim: Callable[[], Awaitable[int]], first_close: list[float]
+) -> tuple[float, float, float, int]:
+    """Runs `trim` with a ticker beside it; returns (plan, whole, longest stall, closes).
+
+    The plan is the time until the first close is entered (`first_close` gets its time);
+    garbage is collected just before the trim starts, the GC staying enabled.
+    """
+    ticker = Ticker()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ticker.run)
+        for _ in range(3):  # the ticker is running
+            await anyio.lowlevel.checkpoint()
+        gc.collect()
+        first_close.clear()
+        ticker.reset()
+        start = time.perf_counter()
+        closes = await trim()
+        end = time.perf_counter()
+        ticker.running = False
+    assert len(first_close) == 1
+    return first_close[0] - start, end - start, ticker.longest, closes
+
+
+@dataclass
+class WholeTrim:
+    """M6 at one size on one backend: each repetition's figures, in seconds."""
+
+    n: int
+    backend: str
+    victims: int = 0
+    samples: dict[str, list[float]] = field(
+        default_factory=lambda: {
+            key: []
+            for key in ("plan", "whole", "stall", "floor_plan", "floor_whole", "floor_stall")
+        }
+    )
+    target: str = ""
+    met: bool | None = None
+
+    def median(self, key: str) -> float:
+        return median(self.samples[key])
+
+    @property
+    def ratio(self) -> float:
+        """Whole over plan: the median of each repetition's own ratio (both taken in the
+        same repetition, so drift between repetitions cancels out)."""
+        samples = self.samples
+        return median(w / p for w, p in zip(samples["whole"], samples["plan"], strict=True))
+
+    @property
+    def per_close(self) -> float:
+        """The time after the plan, per close (median over the repetitions)."""
+        samples = self.samples
+        return median(
+            (w - p) / max(self.victims, 1)
+            for w, p in zip(samples["whole"], samples["plan"], strict=True)
+        )
+
+
+async def m6_once(w: Workload) -> tuple[int, dict[str, float]]:
+    """One repetition of M6: a whole trim whose closes return without suspending, beside a
+    ticker; then the floor: its own plan, then a plain loop awaiting each close in turn.
+    Returns the number of closes and the figures."""
+    first_close: list[float] = []
+
+    async def instant(conn: BenchConn) -> None:
+        if not first_close:
+            first_close.append(time.perf_counter())
+
+    figures: dict[str, float] = {}
+    clock = FakeClock()
+    async with new_manager(w, clock) as manager:
+        await fill(manager, clock, w)
+
+        async def ours() -> int:
+            result = await manager.trim_open_conns()
+            assert result.failed == 0
+            assert not result.cut_short
+            return result.closed
+
+        for conn in w.conns:
+            conn.on_close = instant
+        try:
+            figures["plan"], figures["whole"], figures["stall"], closes = await beside_ticker(
+                ours, first_close
+            )
+        finally:
+            for conn in w.conns:
+                conn.on_close = None
+
+    floor_clock = FakeClock()
+    state = Floor(floor_clock)
+    await fill_floor(state, floor_clock, w)
+
+    async def floor() -> int:
+        victims = state.plan(w.low)
+        for conn in victims:
+            await conn.close()
+            state.closed(conn)
+        return len(victims)
+
+    for conn in w.conns:
+        conn.on_close = instant
+    try:
+        plan, whole, stall, floor_closes = await beside_ticker(floor, first_close)
+    finally:
+        for conn in w.conns:
+            conn.on_close = None
+    figures.update(floor_plan=plan, floor_whole=whole, floor_stall=stall)
+    assert closes == floor_closes, "the floor and the manager close as many connections"
+    return closes, figures
+
+
+def m6_whole_trims(
+    plan: Plan, peer_ids: str, progress: Progress, backends: tuple[str, ...]
+) -> dict[str, list[WholeTrim]]:
+    """M6 at each size on each backend; every repetition runs each backend in turn (a fresh
+    event loop each), so that drift hits all alike."""
+    trims: dict[str, list[WholeTrim]] = {backend: [] for backend in backends}
+    for n in plan.sizes:
+        progress.step(f"M6 whole trim, instant closes, N={n:,} ({', '.join(backends)})")
+        w = Workload.build(n, peer_ids)
+        rows = {backend: WholeTrim(n, backend) for backend in backends}
+        for _ in range(plan.whole_reps_at(n)):
+            for backend, row in rows.items():
+                row.victims, figures = anyio.run(m6_once, w, backend=backend)
+                for key, value in figures.items():
+                    row.samples[key].append(value)
+        for backend, row in rows.items():
+            trims[backend].append(row)
+    return trims
+
+
+async def fan_in(reps: int, peer_ids: str) -> tuple[Figure, Figure]:
+    """Notification cost against one peer's connection count: `FAN_IN` connections of one
+    peer, then `FAN_IN` peers with one connection each; M1's measure (connected, flush,
+    disconnected, flush; time per notification)."""
+    peers = make_peers(FAN_IN + 1, peer_ids)
+    ways = (Direction.INBOUND, Direction.OUTBOUND)
+    one = [BenchConn(peers[0], ways[i % 2], 0) for i in range(FAN_IN)]
+    many = [BenchConn(peer, ways[i % 2], 0) for i, peer in enumerate(peers[1:])]
+    shapes = {"one": one, "many": many}
+    samples: dict[str, dict[str, list[float]]] = {
+        shape: {"ours": [], "floor": []} for shape in shapes
+    }
+
+    async def ours(conns: list[BenchConn]) -> float:
+        clock = FakeClock()
+        async with ConnManager(
+            low_water=FAN_IN, high_water=2 * FAN_IN, grace_period=GRACE, clock=clock
+        ) as manager:
+            notifiee = manager.notifee()
+            with Stopwatch() as watch:
+                for conn in conns:
+                    notifiee.connected(conn)
+                await manager.flush()
+                for conn in conns:
+                    notifiee.disconnected(conn)
+                await manager.flush()
+            info = manager.get_info()
+            assert (info.conn_count, info.ignored_notifications) == (0, 0)
+        return watch.elapsed / (2 * len(conns))
+
+    async def floor(conns: list[BenchConn]) -> float:
+        state = Floor(FakeClock())
+        with Stopwatch() as watch:
+            for conn in conns:
+                state.connected(conn)
+            await state.flush()
+            for conn in conns:
+                state.disconnected(conn)
+            await state.flush()
+        assert (state.count, state.ignored) == (0, 0)
+        return watch.elapsed / (2 * len(conns))
+
+    for _ in range(reps):
+        for shape, conns in shapes.items():
+            samples[shape]["ours"].append(await ours(conns))
+            samples[shape]["floor"].append(await floor(conns))
+    return (
+        Figure.of(
+            "fan-in",
+            f"one peer with {FAN_IN:,} conns, per notif.",
+            FAN_IN,
+            "s",
+            samples["one"],
+        ),
+        Figure.of(
+            "fan-in",
+            f"{FAN_IN:,} peers with one conn, per notif.",
+            FAN_IN,
+            "s",
+            samples["many"],
+        ),
+    )
+
+
 async def decay_tick(reps: int, peer_ids: str) -> Figure:
     clock = FakeClock()
     rng = random.Random(SEED)
@@ -886,6 +1149,14 @@ def judge(figures: list[Figure]) -> list[str]:
         if checks:
             f.target = "; ".join(f"{text} {'ok' if ok else 'MISSED'}" for text, ok in checks)
             f.met = all(bool(ok) for _text, ok in checks)
+    fan = {f.label.split()[0]: f for f in figures if f.key == "fan-in"}
+    if len(fan) == 2:
+        ratio = fan["one"].ours / fan[f"{FAN_IN:,}"].ours
+        ok = ratio <= 2
+        notes.append(
+            f"Notification cost, one peer with {FAN_IN:,} connections / {FAN_IN:,} peers with "
+            f"one each: {ratio:.2f}x (target <= 2x) " + ("ok" if ok else "MISSED")
+        )
     if 10_000 in m3 and 100_000 in m3:
         growth = m3[100_000].ours / m3[10_000].ours
         ok = growth <= 12
@@ -961,6 +1232,90 @@ def render(figures: list[Figure], notes: list[str], header: str) -> str:
     return "\n".join(out)
 
 
+def judge_whole_trims(trims: list[WholeTrim], reference: dict[int, WholeTrim]) -> None:
+    """Marks each M6 row against its targets; `reference` holds the asyncio rows of the same
+    run when these are another backend's."""
+    for t in trims:
+        plan, whole, stall = t.median("plan"), t.median("whole"), t.median("stall")
+        checks: list[tuple[str, bool]] = []
+        go = GO_LIBP2P_WHOLE_TRIM.get(t.n)
+        base = reference.get(t.n)
+        if go is not None:  # the targets are set at the sizes go-libp2p was measured at
+            if base is None:
+                checks.append(("<=2x plan", t.ratio <= 2))
+                checks.append((f"<={fmt_value(go, 's')}", whole <= go))
+            else:
+                checks.append(("<=1.5x asyncio", whole <= 1.5 * base.median("whole")))
+            checks.append(("stall<=plan+5ms", stall <= plan + 0.005))
+        if checks:
+            t.target = "; ".join(f"{text} {'ok' if ok else 'MISSED'}" for text, ok in checks)
+            t.met = all(ok for _text, ok in checks)
+
+
+def render_whole_trims(
+    trims: list[WholeTrim], reference: dict[int, WholeTrim], reps: dict[int, int]
+) -> str:
+    backend = trims[0].backend
+    columns = ["N", "victims", "plan", "whole", "whole/plan", "per close", "longest stall"]
+    columns += ["floor"]
+    columns += ["x floor", "floor stall"]
+    if reference:
+        columns += ["asyncio", "x asyncio"]
+    columns += ["go-libp2p", "targets"]
+    rows = []
+    for t in trims:
+        whole = t.median("whole")
+        floor = t.median("floor_whole")
+        row = [
+            f"{t.n:,}",
+            f"{t.victims:,}",
+            fmt_value(t.median("plan"), "s"),
+            fmt_value(whole, "s"),
+            f"{t.ratio:.2f}",
+            fmt_value(t.per_close, "s"),
+            fmt_value(t.median("stall"), "s"),
+            fmt_value(floor, "s"),
+            f"{whole / floor:.2f}",
+            fmt_value(t.median("floor_stall"), "s"),
+        ]
+        if reference:
+            base = reference.get(t.n)
+            row += [
+                fmt_value(base.median("whole") if base else None, "s"),
+                f"{whole / base.median('whole'):.2f}" if base else "-",
+            ]
+        row += [fmt_value(GO_LIBP2P_WHOLE_TRIM.get(t.n), "s"), t.target]
+        rows.append(row)
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            cell.ljust(w) if i == len(cells) - 1 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    counts = ", ".join(f"{n:,}: {r}" for n, r in sorted(reps.items()))
+    out = [
+        "",
+        f"M6 whole trim, instant closes (each close returns without suspending), on {backend}; "
+        f"medians of repetitions ({counts})",
+        line(columns),
+        line(["-" * w for w in widths]),
+        *(line(r) for r in rows),
+        "plan: from the call to the first close entered; whole: until trim_open_conns() "
+        "returns; whole/plan: the median of each repetition's ratio; per close: (whole - "
+        "plan) / victims; longest stall: the largest gap seen by a task awaiting sleep(0) "
+        "meanwhile.",
+        "floor: the floor's own plan, then a plain loop awaiting each close in turn (it never "
+        "yields: its stall is its whole).",
+        "go-libp2p: its TrimOpenConns on churn-W with stub connections, measured by "
+        "go-libp2p's own code on a 2-core machine of this kind; quoted, not run here.",
+    ]
+    if reference:
+        out.append("asyncio: the same figure measured on asyncio in this run.")
+    return "\n".join(out)
+
+
 def machine() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
@@ -996,13 +1351,27 @@ class Plan:
     trim_n: int
     trim_reps: int
     decay_reps: int
+    whole_reps: int  # M6
+    whole_reps_large: int  # M6 at N >= 100,000
+    fan_reps: int
+
+    def whole_reps_at(self, n: int) -> int:
+        return self.whole_reps_large if n >= 100_000 else self.whole_reps
 
 
-FULL = Plan((1_000, 10_000, 100_000), 7, 5, 100_000, 10_000, 5, 9)
-QUICK = Plan((1_000, 10_000), 3, 3, 10_000, 10_000, 3, 5)
+FULL = Plan((1_000, 10_000, 100_000), 7, 5, 100_000, 10_000, 5, 9, 7, 5, 5)
+QUICK = Plan((1_000, 10_000), 3, 3, 10_000, 10_000, 3, 5, 3, 3, 3)
+FIGURES = ("M1", "M2", "M3", "M4", "M5", "M6", "fan-in", "decay")
 
 
-async def run(plan: Plan, libp2p: bool, peer_ids: str, progress: Progress) -> list[Figure]:
+def steps(plan: Plan, only: frozenset[str]) -> int:
+    per_size = sum(key in only for key in ("M1", "M2", "M3", "M6"))
+    return per_size * len(plan.sizes) + sum(key in only for key in ("M4", "M5", "fan-in", "decay"))
+
+
+async def run(
+    plan: Plan, libp2p: bool, peer_ids: str, progress: Progress, only: frozenset[str]
+) -> list[Figure]:
     figures: list[Figure] = []
     workloads: dict[int, Workload] = {}
 
@@ -1013,20 +1382,28 @@ async def run(plan: Plan, libp2p: bool, peer_ids: str, progress: Progress) -> li
 
     for n in plan.sizes:
         reps = plan.reps_large if n >= 100_000 else plan.reps
-        w = workload(n)
-        progress.step(f"M1 ingest, N={n:,}")
-        figures.append(await m1_ingest(w, reps, libp2p))
-        progress.step(f"M2 tag_peer / upsert_tag, N={n:,}")
-        figures.extend(await m2_tag(w, reps, libp2p))
-        progress.step(f"M3 trim plan, N={n:,}")
-        figures.append(await m3_plan(w, reps, libp2p))
-    progress.step(f"M4 memory, N={plan.memory_n:,}")
-    figures.append(await m4_memory(workload(plan.memory_n), libp2p))
-    progress.step(f"M5 trim end-to-end, N={plan.trim_n:,}")
-    figures.append(await m5_trim(workload(plan.trim_n), plan.trim_reps, libp2p))
-    progress.step("decay tick")
-    figures.append(await decay_tick(plan.decay_reps, peer_ids))
-    order = {"M1": 0, "M2": 1, "M3": 3, "M4": 4, "M5": 5, "decay": 6}
+        if "M1" in only:
+            progress.step(f"M1 ingest, N={n:,}")
+            figures.append(await m1_ingest(workload(n), reps, libp2p))
+        if "M2" in only:
+            progress.step(f"M2 tag_peer / upsert_tag, N={n:,}")
+            figures.extend(await m2_tag(workload(n), reps, libp2p))
+        if "M3" in only:
+            progress.step(f"M3 trim plan, N={n:,}")
+            figures.append(await m3_plan(workload(n), reps, libp2p))
+    if "M4" in only:
+        progress.step(f"M4 memory, N={plan.memory_n:,}")
+        figures.append(await m4_memory(workload(plan.memory_n), libp2p))
+    if "M5" in only:
+        progress.step(f"M5 trim end-to-end, N={plan.trim_n:,}")
+        figures.append(await m5_trim(workload(plan.trim_n), plan.trim_reps, libp2p))
+    if "fan-in" in only:
+        progress.step(f"notification cost, one peer with {FAN_IN:,} connections")
+        figures.extend(await fan_in(plan.fan_reps, peer_ids))
+    if "decay" in only:
+        progress.step("decay tick")
+        figures.append(await decay_tick(plan.decay_reps, peer_ids))
+    order = {"M1": 0, "M2": 1, "M3": 3, "M4": 4, "M5": 5, "fan-in": 6, "decay": 7}
     figures.sort(key=lambda f: (order[f.key], f.label, f.n))
     return figures
 
@@ -1047,8 +1424,19 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="peer id type for every contender: py-libp2p's ID (auto, when installed) or str",
     )
+    parser.add_argument(
+        "--only",
+        metavar="FIGURES",
+        help=f"comma-separated figures to run, of {', '.join(FIGURES)} (default: all)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     args = parser.parse_args(argv)
+    only = frozenset(FIGURES)
+    if args.only:
+        only = frozenset(key.strip() for key in args.only.split(",") if key.strip())
+        unknown = sorted(only - frozenset(FIGURES))
+        if unknown or not only:
+            parser.error(f"--only: unknown figure(s) {', '.join(unknown)}; pick from {FIGURES}")
 
     plan = QUICK if args.quick else FULL
     libp2p = HAVE_LIBP2P and not args.no_libp2p
@@ -1057,20 +1445,40 @@ def main(argv: list[str] | None = None) -> int:
         peer_ids = "libp2p" if HAVE_LIBP2P else "str"
     elif peer_ids == "libp2p" and not HAVE_LIBP2P:
         parser.error("--peer-ids libp2p needs py-libp2p installed")
-    steps = 3 * len(plan.sizes) + 3
-    progress = Progress(steps, enabled=not args.quiet)
+    backends: tuple[str, ...] = (args.backend,)
+    if args.backend != "asyncio":
+        backends += ("asyncio",)  # M6's reference, in the same run
+    total = steps(plan, only)
+    progress = Progress(total, enabled=not args.quiet)
     started = time.perf_counter()
-    figures = anyio.run(run, plan, libp2p, peer_ids, progress, backend=args.backend)
+    figures: list[Figure] = []
+    if only - {"M6"}:
+        figures = anyio.run(run, plan, libp2p, peer_ids, progress, only, backend=args.backend)
+    whole: list[WholeTrim] = []
+    reference: dict[int, WholeTrim] = {}
+    if "M6" in only:
+        trims = m6_whole_trims(plan, peer_ids, progress, backends)
+        whole = trims[args.backend]
+        if args.backend != "asyncio":
+            reference = {t.n: t for t in trims["asyncio"]}
     progress.finish()
     notes = judge(figures)
+    judge_whole_trims(whole, reference)
     info = machine()
     header = (
         f"churn-W, medians; {'quick' if args.quick else 'full'} run on {args.backend}, "
         f"Python {info['python']}, {info['cpus']} CPUs, {info['platform']}; "
         f"py-libp2p {info['libp2p'] or 'not installed'}; peer ids: {peer_ids}; "
+        "GC enabled, collected before each repetition; "
         f"{time.perf_counter() - started:.0f} s"
     )
-    print(render(figures, notes, header))
+    if figures:
+        print(render(figures, notes, header))
+    else:
+        print(header)
+    if whole:
+        reps = {t.n: len(t.samples["whole"]) for t in whole}
+        print(render_whole_trims(whole, reference, reps))
     if args.json:
         document = {
             "workload": "churn-W",
@@ -1098,6 +1506,26 @@ def main(argv: list[str] | None = None) -> int:
                 for f in figures
             ],
             "notes": notes,
+            "whole_trims": [
+                {
+                    "figure": "M6",
+                    "n": t.n,
+                    "backend": t.backend,
+                    "victims": t.victims,
+                    "plan": t.median("plan"),
+                    "whole": t.median("whole"),
+                    "whole_over_plan": t.ratio,
+                    "per_close": t.per_close,
+                    "longest_stall": t.median("stall"),
+                    "floor_whole": t.median("floor_whole"),
+                    "go_libp2p_reference": GO_LIBP2P_WHOLE_TRIM.get(t.n),
+                    "asyncio_whole": reference[t.n].median("whole") if t.n in reference else None,
+                    "target": t.target or None,
+                    "met": t.met,
+                    "samples": t.samples,
+                }
+                for t in whole
+            ],
         }
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(document, out, indent=2)
