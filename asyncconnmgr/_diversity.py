@@ -1,0 +1,548 @@
+"""An eclipse-resistant trim order: protect a diverse core, then thin the largest netgroups.
+
+Theory of operation
+-------------------
+An attacker who wants to eclipse a host (hold every one of its slots, so that it sees only
+what the attacker shows it) can make many connections cheaply, but only from the addresses
+it controls, and those cluster: a few /16s, a few cloud providers. Value and age alone
+cannot tell it apart from honest peers, since a patient attacker can look like an average
+honest peer. Bitcoin Core's eviction (`src/node/eviction.cpp`, `SelectNodeToEvict`) answers
+with two steps, which `DiversityPolicy` follows:
+
+1. Protect a core that an attacker cannot buy cheaply: peers of a few netgroups chosen by a
+   secret key (an attacker cannot tell which of its groups would be chosen), the peers that
+   did the most useful work, the longest-connected, and the peers this host dialled itself.
+2. Close the rest from the most-represented netgroup first, so that a flood from a few
+   groups is thinned before any peer of a rare group is touched.
+
+A *netgroup* is the address block a connection comes from (`netgroup`): an IPv4 /16, an
+IPv6 /32, an autonomous system when an ASN map is given, a DNS name, or "unknown". A peer's
+group is the group of its oldest connection whose address can be read.
+
+The policy is a pure function of the candidates' snapshots and its own settings (the
+secret included): the same candidates give the same order. It keeps no state between
+trims except the victims' reasons of the latest trim and caches of parsed addresses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import ipaddress
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple, TypeAlias
+
+from ._config import check_callable, check_fraction, check_int
+from ._policy import Candidate, default_key
+
+__all__ = ["UNKNOWN_GROUP", "DiversityPolicy", "DiversityReason", "IPAddress", "netgroup"]
+
+logger = logging.getLogger("asyncconnmgr")
+
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+#: An ASN map: the autonomous system number an address belongs to, or None if unknown.
+AsMap: TypeAlias = Callable[[IPAddress], int | None]
+
+#: The group of an address `netgroup` cannot read (None, garbage, a value that is not a str
+#: nor an `ipaddress` address, a transport it does not know such as `/unix/...`).
+UNKNOWN_GROUP = "unknown"
+
+_DNS_PROTOCOLS = frozenset({"dns", "dns4", "dns6", "dnsaddr"})
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
+_PORT = re.compile(r"[0-9]{1,5}")
+#: RFC 6052 (NAT64, 64:ff9b::/96) and RFC 6145 (::ffff:0:0:0/96): the IPv4 address is the
+#: last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
+#: How many parsed addresses and keyed groups a policy remembers (then it starts afresh).
+_CACHE_MAX = 1 << 16
+
+
+def netgroup(
+    addr: object,
+    *,
+    asmap: AsMap | None = None,
+    ipv4_prefix: int = 16,
+    ipv6_prefix: int = 32,
+) -> str:
+    """The netgroup of a remote address, as a label such as ``"ip4:203.0.113.0/16"``.
+
+    `addr` may be a multiaddr (``/ip4/1.2.3.4/tcp/4001``, ``/ip6/2001:db8::1/udp/1/quic-v1``,
+    ``/ip6zone/eth0/ip6/fe80::1/...``, ``/dns/example.com/tcp/1`` and ``/dns4``, ``/dns6``,
+    ``/dnsaddr``), ``host:port``, ``[v6]:port``, a bare IPv4 or IPv6 address or host name
+    (a bare name needs a dot), or an `ipaddress` address object. The labels:
+
+    - ``ip4:A.B.0.0/16``: the address's IPv4 block of `ipv4_prefix` bits (Bitcoin Core's
+      /16). An IPv6 address that carries an IPv4 one (IPv4-mapped ``::ffff:a.b.c.d``,
+      NAT64 ``64:ff9b::/96``, SIIT, 6to4 ``2002::/16``, Teredo's client) is that IPv4
+      address: one host must not count twice.
+    - ``ip6:2001:db8::/32``: the IPv6 block of `ipv6_prefix` bits.
+    - ``as:64496``: the autonomous system `asmap` returns for the address, when it returns
+      an int (None falls back to the block). An exception raised by `asmap` reaches the
+      caller (`DiversityPolicy` catches it and falls back to the block).
+    - ``dns:example.com``: a DNS name (lower case, without a final dot) is its own group.
+    - ``"unknown"`` (`UNKNOWN_GROUP`): anything else, including None, garbage and values of
+      another type. An address never makes this raise.
+
+    Private and loopback addresses are grouped by block like any other. Raises TypeError
+    or ValueError (naming the argument) only for a bad `asmap`, `ipv4_prefix` or
+    `ipv6_prefix`.
+    """
+    return _Grouper(asmap, ipv4_prefix, ipv6_prefix, guard=False).group(addr)
+
+
+class DiversityReason(NamedTuple):
+    """Why `DiversityPolicy` chose a victim (its `Victim.reason`).
+
+    `netgroup` is the victim's group and `group_conns` how many of the candidates'
+    connections that group still held when the victim was chosen (it was then the most
+    represented, or tied with it). `protected_by` names the protection the victim had, or is
+    None; a protected victim is closed only when the unprotected candidates could not cover
+    the target. `key` is the victim's `default_key`, its place inside its group.
+    """
+
+    netgroup: str
+    group_conns: int
+    protected_by: str | None
+    key: tuple[int, bool, bool, int, float, int]
+
+
+class DiversityPolicy:
+    """Protects a diverse core of the candidates, then closes from the largest netgroups.
+
+    A trim policy (`select(candidates, target, now)`) in the spirit of Bitcoin Core's
+    `SelectNodeToEvict`. Before any victim is chosen it protects, in this order, and never
+    more than the connections the trim keeps (the candidates' connections minus `target`):
+
+    1. `protect_outbound`: outbound-only peers (every connection dialled by this host; an
+       attacker cannot make the host dial it) until they hold this share of the kept
+       connections, the best first in the default order. Default 0.3: Lighthouse's
+       `TARGET_OUTBOUND_ONLY_FACTOR`, the share of its peers it keeps outbound-only when it
+       prunes. Bitcoin Core protects every outbound peer (`ProtectOutboundConnections`).
+    2. `protect_keyed`: one peer (the best in the default order) from each of this many
+       netgroups, those with the highest keyed hash of the group under `secret`. Default
+       4: `SelectNodeToEvict` protects 4 peers by keyed netgroup ("an attacker cannot
+       predict which netgroups will be protected"); here they come from 4 distinct groups.
+    3. `protect_top`: the most valuable peer of each of this many largest netgroups, if its
+       value is positive. Default 4: Bitcoin Core protects 4 peers that most recently sent
+       novel blocks and 4 that sent novel transactions, work an attacker cannot fake cheaply;
+       here a peer's value (its tags) stands for that work, and protecting it per group
+       keeps a flood from a group from evicting an honest peer that shares it.
+    4. `protect_tenure`: this share of the still unprotected candidates, the longest
+       connected (earliest `first_seen`). Bitcoin Core protects half of the remaining
+       (`ProtectEvictionCandidatesByRatio`, "precludes attacks that start later"); the
+       default here is 0.25, measured on the simulator (`python -m asyncconnmgr.sim`): it
+       protects the peers that earned their tenure without handing slots to an attacker that
+       connected early and waits.
+
+    Then it closes the unprotected candidates from the most-represented netgroup first (the
+    group holding the most connections among the candidates not yet chosen), inside a group
+    in the default order (`default_key`: least valuable, idle, inbound, youngest first);
+    between groups of the same size, the one whose next victim comes first in the default
+    order. Protected candidates come after every unprotected one, in the same order: they
+    are closed only when nothing else can cover the target.
+
+    Candidates whose address is unknown share one group ("unknown"), so they are closed
+    first when they are many: an address the host cannot read is no evidence of diversity.
+
+    Arguments (keyword-only; a wrong type raises TypeError, a wrong value ValueError, naming
+    the argument):
+        secret: the key of the keyed netgroup hash (bytes, at least 1; default 32 bytes of
+            `os.urandom`). Give one for reproducible orders; keep it secret in production.
+            One policy per manager: managers sharing a policy share its secret.
+        asmap: optional ASN map, `asmap(ipaddress_address) -> int | None`: peers of one
+            autonomous system form one group. If it raises, the address is grouped by
+            block (logged once).
+        ipv4_prefix, ipv6_prefix: the block sizes in bits (defaults 16 and 32, Bitcoin
+            Core's `GetGroup`).
+        protect_outbound, protect_keyed, protect_top, protect_tenure: see above; shares
+            are within [0, 1], counts are ints >= 0.
+
+    `select` never raises because of an address; it holds no lock and awaits nothing, so a
+    cancelled trim leaves nothing behind in it.
+    """
+
+    __slots__ = (
+        "_grouper",
+        "_key",
+        "_keyed",
+        "_reasons",
+        "_reasons_at",
+        "protect_keyed",
+        "protect_outbound",
+        "protect_tenure",
+        "protect_top",
+    )
+
+    def __init__(
+        self,
+        *,
+        secret: bytes | None = None,
+        asmap: AsMap | None = None,
+        ipv4_prefix: int = 16,
+        ipv6_prefix: int = 32,
+        protect_outbound: float = 0.3,
+        protect_keyed: int = 4,
+        protect_top: int = 4,
+        protect_tenure: float = 0.25,
+    ) -> None:
+        if secret is None:
+            secret = os.urandom(32)
+        elif not isinstance(secret, bytes):
+            raise TypeError(f"secret must be bytes, not {type(secret).__name__}")
+        elif not secret:
+            raise ValueError("secret must not be empty")
+        self._grouper = _Grouper(asmap, ipv4_prefix, ipv6_prefix, guard=True)
+        self.protect_outbound = check_fraction("protect_outbound", protect_outbound, closed=True)
+        self.protect_keyed = check_int("protect_keyed", protect_keyed, minimum=0)
+        self.protect_top = check_int("protect_top", protect_top, minimum=0)
+        self.protect_tenure = check_fraction("protect_tenure", protect_tenure, closed=True)
+        # blake2b takes a key of up to 64 bytes; a longer secret is first hashed down.
+        self._key = secret if len(secret) <= 64 else hashlib.blake2b(secret).digest()
+        self._keyed: dict[str, int] = {}
+        self._reasons: dict[int, tuple[int, DiversityReason]] = {}
+        self._reasons_at: float | None = None
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def netgroup_of(self, candidate: Candidate) -> str:
+        """The candidate's netgroup: that of its oldest connection whose address can be
+        read, or "unknown". Never raises because of an address."""
+        return self._group_and_size(candidate)[0]
+
+    def _group_and_size(self, candidate: Candidate) -> tuple[str, int]:
+        """The candidate's netgroup and its number of connections (closing ones included)."""
+        best: tuple[float, str] | None = None
+        group = self._grouper.group
+        size = 0
+        for conn in candidate.connections:
+            size += 1
+            label = group(conn.remote_addr)
+            if label != UNKNOWN_GROUP and (best is None or conn.opened < best[0]):
+                best = (conn.opened, label)
+        return (UNKNOWN_GROUP if best is None else best[1]), size
+
+    def keyed(self, group: str) -> int:
+        """The group's keyed hash: a 64-bit number that only a holder of the secret can
+        compute, so no one else can tell which groups `protect_keyed` favours."""
+        keyed = self._keyed
+        value = keyed.get(group)
+        if value is None:
+            digest = hashlib.blake2b(group.encode(), key=self._key, digest_size=8).digest()
+            value = int.from_bytes(digest, "big")
+            if len(keyed) >= _CACHE_MAX:
+                keyed.clear()
+            keyed[group] = value
+        return value
+
+    # -- the order ------------------------------------------------------------------------
+
+    def select(
+        self, candidates: Sequence[Candidate], target: int, now: float
+    ) -> Iterable[Candidate]:
+        """The candidates in closing order, up to the first prefix that covers `target`
+        connections (all of them if they cannot). Returns the objects it was given, each
+        once; the victims' reasons are kept for `reason` until a trim at another time."""
+        if self._reasons_at != now:
+            self._reasons = {}
+            self._reasons_at = now
+        if target <= 0 or not candidates:
+            return []
+        count = len(candidates)
+        keys = [default_key(c) for c in candidates]
+        conns = [c.open_conns for c in candidates]
+        index: dict[str, int] = {}
+        group_of: list[int] = []
+        outbound_only: list[int] = []
+        for at, candidate in enumerate(candidates):
+            label, size = self._group_and_size(candidate)
+            group_of.append(index.setdefault(label, len(index)))
+            if candidate.outbound >= size > 0:
+                outbound_only.append(at)
+        names = list(index)
+        members: list[list[int]] = [[] for _ in names]
+        for at in sorted(range(count), key=keys.__getitem__):
+            members[group_of[at]].append(at)
+        sizes = [0] * len(names)
+        for at in range(count):
+            sizes[group_of[at]] += conns[at]
+
+        protected = self._protect(
+            candidates, target, keys, conns, members, sizes, names, outbound_only
+        )
+        # Everyone unprotected first, then the protected; both from the largest group.
+        order: list[Candidate] = []
+        reasons = self._reasons
+        covered = 0
+        for phase in (False, True):
+            heap: list[tuple[int, tuple[int, bool, bool, int, float, int], int, int]] = []
+            queues: list[list[int]] = []
+            for group, group_members in enumerate(members):
+                queue = [at for at in group_members if (at in protected) is phase]
+                queue.reverse()  # popped from the end: the first to close is last
+                queues.append(queue)
+                if queue:
+                    heap.append((-sizes[group], keys[queue[-1]], queue[-1], group))
+            heapq.heapify(heap)
+            while heap and covered < target:
+                size, _, at, group = heapq.heappop(heap)
+                queue = queues[group]
+                queue.pop()
+                candidate = candidates[at]
+                order.append(candidate)
+                covered += conns[at]
+                sizes[group] -= conns[at]
+                reasons[id(candidate)] = (
+                    candidate.seq,
+                    DiversityReason(names[group], -size, protected.get(at), keys[at]),
+                )
+                if queue:
+                    heapq.heappush(heap, (-sizes[group], keys[queue[-1]], queue[-1], group))
+        return order
+
+    def _protect(
+        self,
+        candidates: Sequence[Candidate],
+        target: int,
+        keys: list[tuple[int, bool, bool, int, float, int]],
+        conns: list[int],
+        members: list[list[int]],
+        sizes: list[int],
+        names: list[str],
+        outbound_only: list[int],
+    ) -> dict[int, str]:
+        """The candidates protected from this trim (by index), each with the rule that
+        protected it, within the connections the trim keeps."""
+        budget = sum(conns) - target
+        protected: dict[int, str] = {}
+
+        def protect(at: int, rule: str) -> bool:
+            nonlocal budget
+            if at in protected or conns[at] > budget:
+                return False
+            protected[at] = rule
+            budget -= conns[at]
+            return True
+
+        if budget <= 0:
+            return protected
+        kept = budget
+        if self.protect_outbound > 0:
+            reserve = math.ceil(self.protect_outbound * kept)
+            outbound_only.sort(key=keys.__getitem__, reverse=True)
+            held = 0
+            for at in outbound_only:
+                if held >= reserve:
+                    break
+                if protect(at, "outbound"):
+                    held += conns[at]
+        if self.protect_keyed > 0:
+            by_key = sorted(range(len(names)), key=lambda g: self.keyed(names[g]), reverse=True)
+            chosen = 0
+            for group in by_key:
+                if chosen >= self.protect_keyed:
+                    break
+                # The best member not yet protected: members are in closing order.
+                best = next((at for at in reversed(members[group]) if at not in protected), None)
+                if best is not None and protect(best, "keyed"):
+                    chosen += 1
+        if self.protect_top > 0:
+            largest = sorted(
+                range(len(names)), key=lambda g: (sizes[g], self.keyed(names[g])), reverse=True
+            )
+            for group in largest[: self.protect_top]:
+                top = members[group][-1]
+                if candidates[top].value > 0:
+                    protect(top, "top")
+        if self.protect_tenure > 0:
+            rest = [at for at in range(len(candidates)) if at not in protected]
+            share = int(self.protect_tenure * len(rest))
+            rest.sort(key=lambda at: (candidates[at].first_seen, candidates[at].seq))
+            for at in rest[:share]:
+                protect(at, "tenure")
+        return protected
+
+    def reason(self, candidate: Candidate) -> DiversityReason | None:
+        """Why the latest trim chose this victim (a `DiversityReason`), or None if it did
+        not choose it."""
+        known = self._reasons.get(id(candidate))
+        if known is None or known[0] != candidate.seq:
+            return None
+        return known[1]
+
+    def __repr__(self) -> str:
+        grouper = self._grouper
+        return (
+            f"DiversityPolicy(asmap={grouper.asmap!r}, ipv4_prefix={grouper.ipv4_prefix}, "
+            f"ipv6_prefix={grouper.ipv6_prefix}, protect_outbound={self.protect_outbound}, "
+            f"protect_keyed={self.protect_keyed}, protect_top={self.protect_top}, "
+            f"protect_tenure={self.protect_tenure})"
+        )
+
+
+class _Grouper:
+    """Parses addresses into netgroup labels, remembering the labels it computed.
+
+    With `guard`, an exception raised by the ASN map falls back to the address block (and is
+    logged once) instead of reaching the caller.
+    """
+
+    __slots__ = ("_cache", "_failed", "asmap", "guard", "ipv4_prefix", "ipv6_prefix")
+
+    def __init__(
+        self, asmap: AsMap | None, ipv4_prefix: object, ipv6_prefix: object, *, guard: bool
+    ) -> None:
+        if asmap is not None:
+            check_callable("asmap", asmap)
+        self.asmap = asmap
+        self.ipv4_prefix = check_int("ipv4_prefix", ipv4_prefix, minimum=0)
+        if self.ipv4_prefix > 32:
+            raise ValueError(f"ipv4_prefix must be <= 32, got {self.ipv4_prefix}")
+        self.ipv6_prefix = check_int("ipv6_prefix", ipv6_prefix, minimum=0)
+        if self.ipv6_prefix > 128:
+            raise ValueError(f"ipv6_prefix must be <= 128, got {self.ipv6_prefix}")
+        self.guard = guard
+        self._failed = False
+        self._cache: dict[str, str] = {}
+
+    def group(self, addr: object) -> str:
+        if isinstance(addr, str):
+            cache = self._cache
+            label = cache.get(addr)
+            if label is None:
+                try:
+                    parsed = _parse(addr)
+                except Exception:  # a str subclass that misbehaves is still no address
+                    parsed = None
+                label = self._label(parsed)
+                if len(cache) >= _CACHE_MAX:
+                    cache.clear()
+                cache[addr] = label
+            return label
+        if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            return self._label(addr)
+        return UNKNOWN_GROUP
+
+    def _label(self, parsed: IPAddress | str | None) -> str:
+        if parsed is None:
+            return UNKNOWN_GROUP
+        if isinstance(parsed, str):
+            return f"dns:{parsed}"
+        address = _linked_ipv4(parsed) if isinstance(parsed, ipaddress.IPv6Address) else parsed
+        if self.asmap is not None:
+            asn = self._asn(address)
+            if asn is not None:
+                return f"as:{asn}"
+        if isinstance(address, ipaddress.IPv4Address):
+            bits = self.ipv4_prefix
+            block = ipaddress.IPv4Address(int(address) >> (32 - bits) << (32 - bits))
+            return f"ip4:{block}/{bits}"
+        bits = self.ipv6_prefix
+        block6 = ipaddress.IPv6Address(int(address) >> (128 - bits) << (128 - bits))
+        return f"ip6:{block6}/{bits}"
+
+    def _asn(self, address: IPAddress) -> int | None:
+        assert self.asmap is not None
+        try:
+            asn = self.asmap(address)
+        except Exception:
+            if not self.guard:
+                raise
+            if not self._failed:
+                self._failed = True
+                logger.warning(
+                    "asyncconnmgr: the ASN map raised for %s; grouping by address block",
+                    address,
+                    exc_info=True,
+                )
+            return None
+        if type(asn) is int and asn >= 0:
+            return asn
+        return None
+
+
+def _parse(addr: str) -> IPAddress | str | None:
+    """An IP address, a lower-case DNS name, or None if `addr` is neither."""
+    text = addr.strip()
+    if not text:
+        return None
+    if text.startswith("/"):
+        return _parse_multiaddr(text)
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :]
+        if end < 0 or (rest and not (rest.startswith(":") and _is_port(rest[1:]))):
+            return None
+        ip = _ip(text[1:end])
+        return ip if isinstance(ip, ipaddress.IPv6Address) else None
+    ip = _ip(text)
+    if ip is not None:
+        return ip
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        if not _is_port(port):
+            return None
+        ip = _ip(host)
+        if ip is not None:
+            return ip if isinstance(ip, ipaddress.IPv4Address) else None
+        return _hostname(host)
+    return _hostname(text) if "." in text.strip(".") else None
+
+
+def _parse_multiaddr(text: str) -> IPAddress | str | None:
+    parts = text.split("/")[1:]
+    if len(parts) >= 4 and parts[0] == "ip6zone":
+        parts = parts[2:]
+    if len(parts) < 2:
+        return None
+    protocol, value = parts[0], parts[1]
+    if protocol == "ip4":
+        ip = _ip(value)
+        return ip if isinstance(ip, ipaddress.IPv4Address) else None
+    if protocol == "ip6":
+        ip = _ip(value)
+        return ip if isinstance(ip, ipaddress.IPv6Address) else None
+    if protocol in _DNS_PROTOCOLS:
+        return _hostname(value)
+    return None
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _is_port(text: str) -> bool:
+    return _PORT.fullmatch(text) is not None and int(text) <= 65535
+
+
+def _hostname(text: str) -> str | None:
+    name = text.lower()
+    if name.endswith("."):
+        name = name[:-1]
+    if not name or len(name) > 253 or _HOSTNAME.fullmatch(name) is None:
+        return None
+    if name.replace(".", "").isdigit():  # "1.2.3" is a broken address, not a name
+        return None
+    return name
+
+
+def _linked_ipv4(address: ipaddress.IPv6Address) -> IPAddress:
+    """The IPv4 address an IPv6 one carries, if it carries one; else the address itself."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64 or address in _SIIT:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address.sixtofour is not None:
+        return address.sixtofour
+    teredo = address.teredo
+    if teredo is not None:
+        return teredo[1]
+    return address
