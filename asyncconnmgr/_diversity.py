@@ -134,11 +134,12 @@ class DiversityPolicy:
        here a peer's value (its tags) stands for that work, and protecting it per group
        keeps a flood from a group from evicting an honest peer that shares it.
     4. `protect_tenure`: this share of the still unprotected candidates, the longest
-       connected (earliest `first_seen`). Bitcoin Core protects half of the remaining
+       connected (earliest `first_seen`), taken one per netgroup per round (the oldest of
+       each group, oldest first, then the second oldest of each, ...) so that an attacker
+       that connected early and waits gains no more from its tenure than one group's worth.
+       Bitcoin Core protects half of the remaining, by tenure alone
        (`ProtectEvictionCandidatesByRatio`, "precludes attacks that start later"); the
-       default here is 0.25, measured on the simulator (`python -m asyncconnmgr.sim`): it
-       protects the peers that earned their tenure without handing slots to an attacker that
-       connected early and waits.
+       default here is 0.25, measured on the simulator (`python -m asyncconnmgr.sim`).
 
     Then it closes the unprotected candidates from the most-represented netgroup first (the
     group holding the most connections among the candidates not yet chosen), inside a group
@@ -360,10 +361,18 @@ class DiversityPolicy:
                 if candidates[top].value > 0:
                     protect(top, "top")
         if self.protect_tenure > 0:
-            rest = [at for at in range(len(candidates)) if at not in protected]
-            share = int(self.protect_tenure * len(rest))
-            rest.sort(key=lambda at: (candidates[at].first_seen, candidates[at].seq))
-            for at in rest[:share]:
+            # The longest-connected, one per group per round: the oldest of every group
+            # (oldest first), then the second oldest of every group, and so on.
+            def tenure(at: int) -> tuple[float, int]:
+                return candidates[at].first_seen, candidates[at].seq
+
+            rounds: list[tuple[int, float, int, int]] = []
+            for group_members in members:
+                rest = sorted((at for at in group_members if at not in protected), key=tenure)
+                rounds += ((rank, *tenure(at), at) for rank, at in enumerate(rest))
+            rounds.sort()
+            share = int(self.protect_tenure * len(rounds))
+            for *_, at in rounds[:share]:
                 protect(at, "tenure")
         return protected
 
