@@ -30,7 +30,7 @@ from asyncconnmgr import (
     netgroup,
 )
 from asyncconnmgr._diversity import UNKNOWN_GROUP, DiversityReason
-from asyncconnmgr.abc import Conn
+from asyncconnmgr.abc import Conn, Notifiee
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
 # --- netgroup ---------------------------------------------------------------------------------
@@ -442,10 +442,9 @@ def test_which_group_the_keyed_protection_keeps_depends_on_the_secret(
 
 def test_a_group_is_the_group_of_the_peers_oldest_readable_connection() -> None:
     policy = DiversityPolicy(secret=b"k")
-    conns = (
-        CandidateConn(FakeConn("p"), Direction.INBOUND, 0, "198.51.1.1:1", 5.0),
-        CandidateConn(FakeConn("p"), Direction.INBOUND, 0, "garbage", 1.0),
-        CandidateConn(FakeConn("p"), Direction.INBOUND, 0, "/ip4/203.0.1.1/tcp/1", 2.0),
+    conns = tuple(
+        CandidateConn(FakeConn("p", remote_addr=addr), Direction.INBOUND, 0, addr, opened)
+        for addr, opened in [("198.51.1.1:1", 5.0), ("garbage", 1.0), ("/ip4/203.0.1.1/tcp/1", 2.0)]
     )
     peer = Snap("p", 0, 0.0, conns, 0, 0, 1)
     assert policy.netgroup_of(peer) == "ip4:203.0.0.0/16"
@@ -711,3 +710,63 @@ async def test_a_flood_from_two_16s_is_trimmed_before_honest_peers_from_many() -
     assert ref_fewest < fewest
     assert ref_groups < groups
     assert ref_attackers_left > attackers_left
+
+
+class Addr:
+    """An address object (as a transport might give), whose str form is a multiaddr."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class OddConn:
+    """A connection whose `remote_addr` raises, or is not a str."""
+
+    def __init__(self, peer: str, notifiee: Notifiee, odd: object) -> None:
+        self.remote_peer = peer
+        self.direction = Direction.INBOUND
+        self.num_streams = 0
+        self.notifiee = notifiee
+        self.odd = odd
+        self.closed = False
+
+    @property
+    def remote_addr(self) -> str | None:
+        if isinstance(self.odd, Exception):
+            raise self.odd
+        return self.odd  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        self.closed = True
+        self.notifiee.disconnected(self)
+
+
+@pytest.mark.anyio
+async def test_a_trim_goes_on_whatever_the_connections_say_their_address_is() -> None:
+    clock = FakeClock(start=0)
+    policy = DiversityPolicy(secret=b"k", protect_keyed=0, protect_top=0, protect_tenure=0)
+    manager = ConnManager(low_water=2, high_water=100, grace_period=1.0, clock=clock, policy=policy)
+    async with manager:
+        notifiee = manager.notifee()
+        odd: list[object] = [
+            RuntimeError("gone"),
+            Addr("/ip4/198.51.1.1/tcp/1"),
+            12345,
+            None,
+            LookupError("gone too"),
+        ]
+        conns = [OddConn(f"p{i}", notifiee, value) for i, value in enumerate(odd)]
+        for conn in conns:
+            notifiee.connected(conn)
+        await manager.flush()
+        clock.advance(2.0)
+        result = await manager.trim_open_conns()
+    assert result.closed == 3
+    groups = {str(v.peer): v.reason.netgroup for v in result.victims}  # type: ignore[attr-defined]
+    # The four with no readable address are one group, the largest: it goes first. The one
+    # whose address object reads as a multiaddr stays.
+    assert set(groups.values()) == {"unknown"}
+    assert not conns[1].closed
