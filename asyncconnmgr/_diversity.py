@@ -170,8 +170,8 @@ class DiversityPolicy:
 
     __slots__ = (
         "_grouper",
+        "_hashes",
         "_key",
-        "_keyed",
         "_reasons",
         "_reasons_at",
         "protect_keyed",
@@ -205,7 +205,7 @@ class DiversityPolicy:
         self.protect_tenure = check_fraction("protect_tenure", protect_tenure, closed=True)
         # blake2b takes a key of up to 64 bytes; a longer secret is first hashed down.
         self._key = secret if len(secret) <= 64 else hashlib.blake2b(secret).digest()
-        self._keyed: dict[str, int] = {}
+        self._hashes: dict[str, int] = {}
         self._reasons: dict[int, tuple[int, DiversityReason]] = {}
         self._reasons_at: float | None = None
 
@@ -220,7 +220,7 @@ class DiversityPolicy:
         """The candidate's netgroup and its number of connections (closing ones included)."""
         grouper = self._grouper
         known = grouper.cache
-        best = UNKNOWN_GROUP
+        best: str | None = None
         best_opened = 0.0
         # Addresses are read from the connections: `Candidate.connections` would read every
         # stream count again, which costs more than the whole grouping.
@@ -228,19 +228,21 @@ class DiversityPolicy:
         for conn, opened in conns.items():
             try:
                 addr = conn.remote_addr
-            except Exception:
+                label = known.get(addr) if type(addr) is str else None
+                if label is None:
+                    label = grouper.group(
+                        addr if addr is None or isinstance(addr, str) else str(addr)
+                    )
+            except Exception:  # an address that cannot be read is no address
                 continue
-            label = known.get(addr) if type(addr) is str else None
-            if label is None:
-                label = grouper.group(addr if addr is None or isinstance(addr, str) else str(addr))
-            if label != UNKNOWN_GROUP and (best is UNKNOWN_GROUP or opened < best_opened):
+            if label != UNKNOWN_GROUP and (best is None or opened < best_opened):
                 best, best_opened = label, opened
-        return best, len(conns)
+        return (UNKNOWN_GROUP if best is None else best), len(conns)
 
-    def keyed(self, group: str) -> int:
+    def _keyed(self, group: str) -> int:
         """The group's keyed hash: a 64-bit number that only a holder of the secret can
         compute, so no one else can tell which groups `protect_keyed` favours."""
-        keyed = self._keyed
+        keyed = self._hashes
         value = keyed.get(group)
         if value is None:
             digest = hashlib.blake2b(group.encode(), key=self._key, digest_size=8).digest()
@@ -361,7 +363,7 @@ class DiversityPolicy:
                 if protect(at, "outbound"):
                     held += conns[at]
         if self.protect_keyed > 0:
-            keyed = self.keyed
+            keyed = self._keyed
             chosen = 0
             for _, group in sorted(
                 ((keyed(name), g) for g, name in enumerate(names)), reverse=True
@@ -372,7 +374,7 @@ class DiversityPolicy:
                 if best is not None and protect(best, "keyed"):
                     chosen += 1
         if self.protect_top > 0:
-            keyed = self.keyed
+            keyed = self._keyed
             largest = heapq.nlargest(
                 self.protect_top, range(len(names)), key=lambda g: (sizes[g], keyed(names[g]))
             )
