@@ -129,17 +129,21 @@ class DiversityPolicy:
        4: `SelectNodeToEvict` protects 4 peers by keyed netgroup ("an attacker cannot
        predict which netgroups will be protected"); here they come from 4 distinct groups.
     3. `protect_top`: the most valuable peer of each of this many largest netgroups, if its
-       value is positive. Default 4: Bitcoin Core protects 4 peers that most recently sent
-       novel blocks and 4 that sent novel transactions, work an attacker cannot fake cheaply;
-       here a peer's value (its tags) stands for that work, and protecting it per group
-       keeps a flood from a group from evicting an honest peer that shares it.
-    4. `protect_tenure`: this share of the still unprotected candidates, the longest
-       connected (earliest `first_seen`), taken one per netgroup per round (the oldest of
-       each group, oldest first, then the second oldest of each, ...) so that an attacker
-       that connected early and waits gains no more from its tenure than one group's worth.
-       Bitcoin Core protects half of the remaining, by tenure alone
-       (`ProtectEvictionCandidatesByRatio`, "precludes attacks that start later"); the
-       default here is 0.25, measured on the simulator (`python -m asyncconnmgr.sim`).
+       value is positive. Default 16: Bitcoin Core protects 16 peers for useful work, work an
+       attacker cannot fake cheaply (4 that most recently sent novel transactions, 4 novel
+       blocks, 8 block-relay-only peers that sent novel blocks); here a peer's value (its
+       tags) stands for that work, taken per group so that a flood from a group cannot evict
+       an honest peer that shares it, and no group gets more than one.
+    4. `protect_tenure`: this share of the still unprotected candidates with a positive
+       value, the longest connected (earliest `first_seen`), taken one per netgroup per round
+       (the oldest of each group, oldest first, then the second oldest of each, ...). Bitcoin
+       Core protects half of the remaining by tenure alone
+       (`ProtectEvictionCandidatesByRatio`, "precludes attacks that start later"); here the
+       tenure of an idle peer proves only patience (an attacker that connects first and
+       holds its slots), and one group's attackers gain one peer's worth a round. Default
+       0.25.
+
+    The defaults were measured on the simulator (`python -m asyncconnmgr.sim`).
 
     Then it closes the unprotected candidates from the most-represented netgroup first (the
     group holding the most connections among the candidates not yet chosen), inside a group
@@ -189,7 +193,7 @@ class DiversityPolicy:
         ipv6_prefix: int = 32,
         protect_outbound: float = 0.3,
         protect_keyed: int = 4,
-        protect_top: int = 4,
+        protect_top: int = 16,
         protect_tenure: float = 0.25,
     ) -> None:
         if secret is None:
@@ -386,7 +390,9 @@ class DiversityPolicy:
             # The longest-connected, one per group per round: the oldest of every group
             # (oldest first), then the second oldest of every group, and so on.
             by_tenure = sorted(
-                (c.first_seen, c.seq, at) for at, c in enumerate(candidates) if at not in protected
+                (c.first_seen, c.seq, at)
+                for at, c in enumerate(candidates)
+                if c.value > 0 and at not in protected
             )
             rank = [0] * len(names)
             rounds: list[tuple[int, float, int, int]] = []

@@ -502,16 +502,28 @@ def test_the_most_valuable_peer_of_a_large_group_is_kept() -> None:
 
 def test_tenure_is_protected_one_group_at_a_time() -> None:
     # Early attackers from one /16 and later honest peers, one /16 each, all alike.
-    early = [snap(i, [f"1.2.{i}.1:1"], first_seen=i) for i in range(10)]
-    late = [snap(10 + i, [f"{40 + i}.1.1.1:1"], first_seen=100 + i) for i in range(10)]
+    early = [snap(i, [f"1.2.{i}.1:1"], value=1, first_seen=i) for i in range(10)]
+    late = [snap(10 + i, [f"{40 + i}.1.1.1:1"], value=1, first_seen=100 + i) for i in range(10)]
     policy = DiversityPolicy(protect_outbound=0, protect_keyed=0, protect_top=0, protect_tenure=0.5)
     order = select(policy, early + late, 10, 0.0)
     kept = [c for c in early + late if c not in order]
     # Half of the candidates by tenure, the oldest of each group per round: one early peer
-    # and every late one; the rest of the early group is closed first.
+    # and every late one but the youngest; the rest of the early group is closed first.
     assert sorted(c.seq for c in kept) == [0, *range(10, 19)]
     reasons = {why(policy, c).protected_by for c in order}
     assert reasons == {None}
+
+
+@pytest.mark.parametrize(("old_value", "closed"), [(0, "old"), (1, "young")])
+def test_tenure_protects_only_peers_with_a_positive_value(old_value: int, closed: str) -> None:
+    # Ten old peers and ten young ones, each in a /16 of its own; the young are worth 1.
+    old = [snap(i, [f"{10 + i}.1.1.1:1"], value=old_value, first_seen=i) for i in range(10)]
+    young = [snap(10 + i, [f"{40 + i}.1.1.1:1"], value=1, first_seen=100 + i) for i in range(10)]
+    policy = DiversityPolicy(protect_outbound=0, protect_keyed=0, protect_top=0, protect_tenure=1.0)
+    order = select(policy, old + young, 10, 0.0)
+    # Idle old peers proved only patience: the tenure protection goes to the young, and the
+    # old are closed. Old peers worth as much are kept for their tenure.
+    assert {c.seq for c in order} == {c.seq for c in (old if closed == "old" else young)}
 
 
 def test_an_asmap_that_raises_never_stops_select(caplog: pytest.LogCaptureFixture) -> None:
