@@ -59,7 +59,8 @@ _PORT = re.compile(r"[0-9]{1,5}")
 #: last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")
-#: How many parsed addresses and keyed groups a policy remembers (then it starts afresh).
+#: How many parsed addresses (or twice the connections of the latest trim, if more) and keyed
+#: groups a policy remembers before it starts afresh.
 _CACHE_MAX = 1 << 16
 
 
@@ -271,6 +272,7 @@ class DiversityPolicy:
             return []
         keys = [default_key(c) for c in candidates]
         conns = [c.open_conns for c in candidates]
+        self._grouper.bound_cache(sum(conns))
         index: dict[str, int] = {}
         group_of: list[int] = []
         outbound_only: list[int] = []
@@ -284,39 +286,57 @@ class DiversityPolicy:
         for at, group in enumerate(group_of):
             sizes[group] += conns[at]
         # The default order as ranks, so that the heap below compares ints, not key tuples
-        # (a third of the time of a trim of 5,000 peers otherwise); each group's members
-        # from the last to close to the first (popped from the end).
-        by_key = sorted(range(len(candidates)), key=keys.__getitem__, reverse=True)
-        rank = [0] * len(candidates)
+        # (a third of the time of a trim of 5,000 peers otherwise). Each group's members,
+        # in closing order, are `flat[begin[g]:begin[g + 1]]`: one list, not one per group
+        # (with a peer per group, 45,000 small lists cost more than the rest of the trim).
+        count = len(candidates)
+        by_key = sorted(range(count), key=keys.__getitem__)
+        rank = [0] * count
         for place, at in enumerate(by_key):
-            rank[at] = -place
-        members: list[list[int]] = [[] for _ in names]
+            rank[at] = place
+        begin = [0] * (len(names) + 1)
+        for group in group_of:
+            begin[group + 1] += 1
+        for group in range(len(names)):
+            begin[group + 1] += begin[group]
+        flat = [0] * count
+        fill = begin[:-1]
         for at in by_key:
-            members[group_of[at]].append(at)
+            group = group_of[at]
+            flat[fill[group]] = at
+            fill[group] += 1
 
         protected = self._protect(
-            candidates, target, keys, conns, group_of, members, sizes, names, outbound_only
+            candidates, target, keys, conns, group_of, flat, begin, sizes, names, outbound_only
         )
-        unprotected_queues: list[list[int]] = [[] for _ in names]
-        protected_queues: list[list[int]] = [[] for _ in names]
-        for at in by_key:
-            queues = protected_queues if at in protected else unprotected_queues
-            queues[group_of[at]].append(at)
-        # Everyone unprotected first, then the protected; both from the largest group.
+        # Everyone unprotected first, then the protected; both from the largest group. The
+        # first round sets the protected aside (in closing order) as it meets them; the
+        # second runs only once the first has taken every unprotected one, so by then
+        # every protected candidate has been set aside.
         order: list[Candidate] = []
         reasons = self._reasons
         covered = 0
-        for queues in (unprotected_queues, protected_queues):
-            heap = [
-                (-sizes[group], rank[queue[-1]], group)
-                for group, queue in enumerate(queues)
-                if queue
-            ]
+        cursor = begin[:-1]
+        set_aside: dict[int, list[int]] = {}
+
+        def next_unprotected(group: int) -> int | None:
+            at, end = cursor[group], begin[group + 1]
+            while at < end and flat[at] in protected:
+                set_aside.setdefault(group, []).append(flat[at])
+                at += 1
+            cursor[group] = at + 1
+            return flat[at] if at < end else None
+
+        def take(groups: Iterable[int], following: Callable[[int], int | None]) -> None:
+            nonlocal covered
+            heap = []
+            for group in groups:
+                first = following(group)
+                if first is not None:
+                    heap.append((-sizes[group], rank[first], first, group))
             heapq.heapify(heap)
             while heap and covered < target:
-                size, _, group = heapq.heappop(heap)
-                queue = queues[group]
-                at = queue.pop()
+                size, _, at, group = heapq.heappop(heap)
                 candidate = candidates[at]
                 order.append(candidate)
                 covered += conns[at]
@@ -325,8 +345,20 @@ class DiversityPolicy:
                     candidate.seq,
                     DiversityReason(names[group], -size, protected.get(at), keys[at]),
                 )
-                if queue:
-                    heapq.heappush(heap, (-sizes[group], rank[queue[-1]], group))
+                after = following(group)
+                if after is not None:
+                    heapq.heappush(heap, (-sizes[group], rank[after], after, group))
+
+        take(range(len(names)), next_unprotected)
+        if covered < target and set_aside:
+            for aside in set_aside.values():
+                aside.reverse()  # popped from the end: the first to close is last
+
+            def next_protected(group: int) -> int | None:
+                aside = set_aside[group]
+                return aside.pop() if aside else None
+
+            take(list(set_aside), next_protected)
         return order
 
     def _protect(
@@ -336,14 +368,15 @@ class DiversityPolicy:
         keys: list[tuple[int, bool, bool, int, float, int]],
         conns: list[int],
         group_of: list[int],
-        members: list[list[int]],
+        flat: list[int],
+        begin: list[int],
         sizes: list[int],
         names: list[str],
         outbound_only: list[int],
     ) -> dict[int, str]:
         """The candidates protected from this trim (by index), each with the rule that
-        protected it, within the connections the trim keeps. `members` lists each group's
-        candidates from the best (the last to close) down."""
+        protected it, within the connections the trim keeps. Group `g`'s members are
+        `flat[begin[g]:begin[g + 1]]`, in closing order (the best last)."""
         budget = sum(conns) - target
         protected: dict[int, str] = {}
 
@@ -374,7 +407,14 @@ class DiversityPolicy:
             ):
                 if chosen >= self.protect_keyed:
                     break
-                best = next((at for at in members[group] if at not in protected), None)
+                best = next(
+                    (
+                        flat[i]
+                        for i in range(begin[group + 1] - 1, begin[group] - 1, -1)
+                        if flat[i] not in protected
+                    ),
+                    None,
+                )
                 if best is not None and protect(best, "keyed"):
                     chosen += 1
         if self.protect_top > 0:
@@ -383,7 +423,7 @@ class DiversityPolicy:
                 self.protect_top, range(len(names)), key=lambda g: (sizes[g], keyed(names[g]))
             )
             for group in largest:
-                top = members[group][0]
+                top = flat[begin[group + 1] - 1]
                 if candidates[top].value > 0:
                     protect(top, "top")
         if self.protect_tenure > 0:
@@ -394,12 +434,12 @@ class DiversityPolicy:
                 for at, c in enumerate(candidates)
                 if c.value > 0 and at not in protected
             )
-            rank = [0] * len(names)
+            held_by = [0] * len(names)
             rounds: list[tuple[int, float, int, int]] = []
             for first_seen, seq, at in by_tenure:
                 group = group_of[at]
-                rounds.append((rank[group], first_seen, seq, at))
-                rank[group] += 1
+                rounds.append((held_by[group], first_seen, seq, at))
+                held_by[group] += 1
             rounds.sort()
             for *_, at in rounds[: int(self.protect_tenure * len(rounds))]:
                 protect(at, "tenure")
@@ -449,6 +489,13 @@ class _Grouper:
         self._failed = False
         self.cache: dict[str, str] = {}
 
+    def bound_cache(self, addresses: int) -> None:
+        """Forgets every remembered address if there are more than twice `addresses` (the
+        connections of the trim at hand) and more than `_CACHE_MAX`: the cache holds the
+        addresses of recent trims, never of every connection ever seen."""
+        if len(self.cache) > max(_CACHE_MAX, 2 * addresses):
+            self.cache.clear()
+
     def group(self, addr: object) -> str:
         if isinstance(addr, str):
             cache = self.cache
@@ -459,8 +506,6 @@ class _Grouper:
                 except Exception:  # a str subclass that misbehaves is still no address
                     parsed = None
                 label = self._label(parsed)
-                if len(cache) >= _CACHE_MAX:
-                    cache.clear()
                 cache[addr] = label
             return label
         if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
