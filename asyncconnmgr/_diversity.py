@@ -285,10 +285,8 @@ class DiversityPolicy:
         sizes = [0] * len(names)
         for at, group in enumerate(group_of):
             sizes[group] += conns[at]
-        # The default order as ranks, so that the heap below compares ints, not key tuples
-        # (a third of the time of a trim of 5,000 peers otherwise). Each group's members,
-        # in closing order, are `flat[begin[g]:begin[g + 1]]`: one list, not one per group
-        # (with a peer per group, 45,000 small lists cost more than the rest of the trim).
+        # The default order as ranks, so that the heap below compares ints, not key tuples.
+        # Each group's members, in closing order, are `flat[begin[g]:begin[g + 1]]`.
         count = len(candidates)
         by_key = sorted(range(count), key=keys.__getitem__)
         rank = [0] * count
