@@ -125,10 +125,12 @@ class DiversityPolicy:
        connections, the best first in the default order. Default 0.3: Lighthouse's
        `TARGET_OUTBOUND_ONLY_FACTOR`, the share of its peers it keeps outbound-only when it
        prunes. Bitcoin Core protects every outbound peer (`ProtectOutboundConnections`).
-    2. `protect_keyed`: one peer (the best in the default order) from each of this many
-       netgroups, those with the highest keyed hash of the group under `secret`. Default
-       4: `SelectNodeToEvict` protects 4 peers by keyed netgroup ("an attacker cannot
-       predict which netgroups will be protected"); here they come from 4 distinct groups.
+    2. `protect_keyed`: one peer with a positive value (the best in the default order) from
+       each of this many netgroups, those with the highest keyed hash of the group under
+       `secret`. Default 4: `SelectNodeToEvict` protects 4 peers by keyed netgroup ("an
+       attacker cannot predict which netgroups will be protected"); here they come from 4
+       distinct groups, and an idle peer is not one of them (measured: an attacker that
+       holds idle slots and happens to own a favoured group kept a slot for good).
     3. `protect_top`: the most valuable peer of each of this many largest netgroups, if its
        value is positive. Default 16: Bitcoin Core protects 16 peers for useful work, work an
        attacker cannot fake cheaply (4 that most recently sent novel transactions, 4 novel
@@ -145,6 +147,9 @@ class DiversityPolicy:
        0.25.
 
     The defaults were measured on the simulator (`python -m asyncconnmgr.sim`).
+
+    Only the outbound reservation keeps a peer worth nothing: the other protections reward
+    work (a positive value), so with no tags at all the order is the netgroup order below.
 
     Then it closes the unprotected candidates from the most-represented netgroup first (the
     group holding the most connections among the candidates not yet chosen), inside a group
@@ -334,14 +339,15 @@ class DiversityPolicy:
                     heap.append((-sizes[group], rank[first], first, group))
             heapq.heapify(heap)
             while heap and covered < target:
-                size, _, at, group = heapq.heappop(heap)
+                _, _, at, group = heapq.heappop(heap)
                 candidate = candidates[at]
                 order.append(candidate)
                 covered += conns[at]
+                size = sizes[group]
                 sizes[group] -= conns[at]
                 reasons[id(candidate)] = (
                     candidate.seq,
-                    DiversityReason(names[group], -size, protected.get(at), keys[at]),
+                    DiversityReason(names[group], size, protected.get(at), keys[at]),
                 )
                 after = following(group)
                 if after is not None:
@@ -409,7 +415,7 @@ class DiversityPolicy:
                     (
                         flat[i]
                         for i in range(begin[group + 1] - 1, begin[group] - 1, -1)
-                        if flat[i] not in protected
+                        if flat[i] not in protected and candidates[flat[i]].value > 0
                     ),
                     None,
                 )

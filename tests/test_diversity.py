@@ -415,7 +415,7 @@ def test_which_group_the_keyed_protection_keeps_depends_on_the_secret(
     secrets: list[bytes],
 ) -> None:
     # Sixteen peers alike but for their /16; the trim keeps one: the keyed protection's.
-    candidates = [snap(i, [f"{10 + i}.1.2.3:1"]) for i in range(16)]
+    candidates = [snap(i, [f"{10 + i}.1.2.3:1"], value=1) for i in range(16)]
     kept = []
     for secret in secrets:
         policy = DiversityPolicy(
@@ -438,6 +438,18 @@ def test_which_group_the_keyed_protection_keeps_depends_on_the_secret(
         assert digests[label] == max(digests.values())
         kept.append(survivor.seq)
     assert len(set(kept)) > 1
+
+
+def test_an_idle_peer_is_never_kept_for_its_keyed_group() -> None:
+    # Sixteen idle peers alike but for their /16: whatever the secret, the one kept is the
+    # last in the default order (the oldest entry), not a keyed group's.
+    candidates = [snap(i, [f"{10 + i}.1.2.3:1"]) for i in range(16)]
+    for secret in (b"a", b"b", b"c", b"d"):
+        policy = DiversityPolicy(
+            secret=secret, protect_keyed=1, protect_outbound=0, protect_top=0, protect_tenure=0
+        )
+        order = select(policy, candidates, 15)
+        assert [c.seq for c in candidates if c not in order] == [0]
 
 
 def test_a_group_is_the_group_of_the_peers_oldest_readable_connection() -> None:
