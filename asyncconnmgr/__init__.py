@@ -13,6 +13,8 @@ from ._decay import decay_expire_when_inactive as decay_expire_when_inactive
 from ._decay import decay_fixed as decay_fixed
 from ._decay import decay_linear as decay_linear
 from ._decay import decay_none as decay_none
+from ._diversity import DiversityPolicy as DiversityPolicy
+from ._diversity import netgroup as netgroup
 from ._errors import ConnManagerError as ConnManagerError
 from ._errors import LimitExceededError as LimitExceededError
 from ._errors import ManagerClosedError as ManagerClosedError
@@ -49,6 +51,7 @@ __all__ = [
     "DecayingValue",
     "DefaultPolicy",
     "Direction",
+    "DiversityPolicy",
     "LimitExceededError",
     "ManagerClosedError",
     "ManagerInfo",
@@ -68,4 +71,5 @@ __all__ = [
     "decay_linear",
     "decay_none",
     "default_key",
+    "netgroup",
 ]
