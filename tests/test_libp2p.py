@@ -17,6 +17,7 @@ import select
 import socket
 import subprocess
 import sys
+import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
@@ -39,6 +40,7 @@ from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.io.trio import TrioTCPStream
 from libp2p.network.config import ConnectionConfig
+from libp2p.network.exceptions import SwarmException
 from libp2p.network.swarm import Swarm
 from libp2p.network.tag_store import upsert_add
 from libp2p.peer.id import ID
@@ -201,6 +203,19 @@ def tcp_stream_of(net_conn: INetConn) -> TrioTCPStream:
             if getattr(layer, name, None) is not None
         )
     raise AssertionError(f"no TCP stream under {net_conn!r}")
+
+
+def reachable_from(roots: list[Any]) -> set[int]:
+    """The ids of every object `roots` keep alive (classes and modules aside)."""
+    seen: set[int] = set()
+    todo = list(roots)
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        todo.extend(gc.get_referents(obj))
+    return seen
 
 
 def writable(sock: Any) -> bool:
@@ -551,14 +566,14 @@ async def test_ended_connections_are_not_kept_alive() -> None:
         await wait_until(lambda: settled(hub, cm, 0), "the trimmed connections to end")
 
         gc.collect()
+        held = reachable_from(wrappers)
         for ref in net_conns:
-            net_conn = ref()
-            if net_conn is not None:  # py-libp2p may still hold one for a while; never a wrapper
-                holders = [r for r in gc.get_referrers(net_conn) if isinstance(r, Libp2pConn)]
-                assert holders == [], "an ended SwarmConn is kept alive by its Libp2pConn"
+            net_conn = ref()  # py-libp2p may hold one for a while; never through a wrapper
+            assert net_conn is None or id(net_conn) not in held, "a wrapper keeps it alive"
+            del net_conn
         for conn, ref in zip(wrappers, net_conns, strict=True):
             assert (conn.net_conn is None) == (ref() is None)
-        assert conn.num_streams == 0
+            assert conn.num_streams == 0
 
         del snapshots, wrappers, conn
         gc.collect()
@@ -733,10 +748,9 @@ async def test_attach_warns_that_py_libp2p_never_frees_inbound_slots() -> None:
             await peer.get_network().close()
             await wait_until(lambda: settled(hub, cm, 0), "the peer to leave")
         # ...and the hub refuses the fourth, with no connection open.
-        with suppress(Exception):
+        with pytest.raises(SwarmException, match="unable to connect"):
             await connect(peers[3], hub)
-        await wait_until(lambda: settled(hub, cm, 0), "the hub to refuse the connection")
-        assert not connected_to(hub, peers[3])
+        assert await settled(hub, cm, 0)
         await adapter.detach()
 
 
