@@ -212,6 +212,7 @@ class Libp2pConn:
 
     @property
     def num_streams(self) -> int:
+        """The connection's open streams, read live; 0 once it is gone."""
         net_conn = self._ref()
         if net_conn is None:
             return 0
@@ -306,32 +307,39 @@ class _RoutedTagStore(TagStore):  # type: ignore[misc,unused-ignore]  # Any with
     the lock, and any method a later py-libp2p adds) is looked up on the wrapped store by
     `__getattr__`, so there is a single copy of py-libp2p's state and putting the wrapped
     store back (on detach) loses nothing. The swarm's `TagStoreNotifee` keeps feeding the
-    wrapped store its connection events directly.
+    wrapped store its connection events directly. Once `routing` is off (on detach), it is
+    the wrapped store and nothing more, for whoever kept a reference to it.
     """
 
     def __init__(self, inner: TagStore, manager: ConnManager) -> None:
         self.inner = inner
         self.manager = manager
+        self.routing = True
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names missing on the wrapper; `inner` is always set, but guard
         # against lookups during unpickling/copying before __init__ ran.
-        if name in ("inner", "manager"):
+        if name in ("inner", "manager", "routing"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
     def tag_peer(self, peer_id: ID, tag: str, value: int) -> None:
         peer_id = _as_peer_id(peer_id)
-        self.manager.tag_peer(peer_id, tag, value)
+        if self.routing:
+            self.manager.tag_peer(peer_id, tag, value)
         self.inner.tag_peer(peer_id, tag, value)
 
     def untag_peer(self, peer_id: ID, tag: str) -> None:
         peer_id = _as_peer_id(peer_id)
-        self.manager.untag_peer(peer_id, tag)
+        if self.routing:
+            self.manager.untag_peer(peer_id, tag)
         self.inner.untag_peer(peer_id, tag)
 
     def upsert_tag(self, peer_id: ID, tag: str, upsert_fn: Callable[[int], int]) -> None:
         peer_id = _as_peer_id(peer_id)
+        if not self.routing:
+            self.inner.upsert_tag(peer_id, tag, upsert_fn)
+            return
         results: list[int] = []
 
         def once(current: int) -> int:
@@ -359,17 +367,24 @@ class _RoutedTagStore(TagStore):  # type: ignore[misc,unused-ignore]  # Any with
 
     def protect(self, peer_id: ID, tag: str) -> None:
         peer_id = _as_peer_id(peer_id)
-        self.manager.protect(peer_id, tag)
+        if self.routing:
+            self.manager.protect(peer_id, tag)
         self.inner.protect(peer_id, tag)
 
     def unprotect(self, peer_id: ID, tag: str) -> bool:
         peer_id = _as_peer_id(peer_id)
-        self.inner.unprotect(peer_id, tag)
-        return self.manager.unprotect(peer_id, tag)
+        still_protected: bool = self.inner.unprotect(peer_id, tag)
+        if self.routing:
+            return self.manager.unprotect(peer_id, tag)
+        return still_protected
 
     def is_protected(self, peer_id: ID, tag: str = "") -> bool:
+        peer_id = _as_peer_id(peer_id)
+        if not self.routing:
+            protected: bool = self.inner.is_protected(peer_id, tag)
+            return protected
         # py-libp2p spells "under any tag" as ""; the manager as None.
-        return self.manager.is_protected(_as_peer_id(peer_id), tag or None)
+        return self.manager.is_protected(peer_id, tag or None)
 
     def record_connection(self, peer_id: ID, conn_id: int) -> None:
         self.inner.record_connection(peer_id, conn_id)
@@ -479,6 +494,7 @@ class Libp2pAdapter:
 
     @property
     def attached(self) -> bool:
+        """True from `attach` until `detach` (or the manager's close)."""
         return self._attached
 
     @property
@@ -566,6 +582,7 @@ class Libp2pAdapter:
         store = self._routed_store
         if store is not None:
             self._routed_store = None
+            store.routing = False  # also for whoever kept a reference to it
             if self._swarm.tag_store is store:
                 self._swarm.tag_store = store.inner
             else:
@@ -782,13 +799,16 @@ def attach(
     every `reconcile_interval` seconds on the manager's clock (None: only when
     `Libp2pAdapter.reconcile` is called).
 
-    Raises TypeError or ValueError naming `reconcile_interval` if it is not a positive,
-    finite number of seconds (at once, here); when awaited, TypeError if the host's network
+    Raises TypeError naming `route_tags` if it is not a bool, TypeError or ValueError naming
+    `reconcile_interval` if it is not a positive, finite number of seconds (at once, here;
+    nothing changes); when awaited, TypeError if the host's network
     is not a py-libp2p `Swarm`, RuntimeError if the host is not running or already has an
     adapter. It warns with an `InboundSlotsWarning` about py-libp2p's inbound slots (see the
     module doc). Its only checkpoint comes before it changes anything, so a cancelled
     `attach` leaves the host as it was; so does the warning, if warnings are errors.
     """
+    if not isinstance(route_tags, bool):
+        raise TypeError(f"route_tags must be a bool, not {type(route_tags).__name__}")
     if reconcile_interval is not None:
         reconcile_interval = check_seconds("reconcile_interval", reconcile_interval, positive=True)
     return Attaching(host, manager, route_tags, reconcile_interval)

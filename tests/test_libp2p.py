@@ -34,7 +34,6 @@ else:
     pytest.importorskip("libp2p")
 
 import anyio
-import anyio.lowlevel
 from libp2p import new_host
 from libp2p.abc import IHost, INetConn, INetStream
 from libp2p.custom_types import TProtocol
@@ -593,6 +592,7 @@ async def test_a_manager_that_closes_detaches_its_adapter() -> None:
         first, second = peers
         async with manager(3, 10, clock) as cm:
             adapter = await attach(hub, cm)
+            kept = hub.conn_manager  # as code that looked it up once would keep it
             await connect(first, hub)
             await wait_until(lambda: settled(hub, cm, 1), "the manager to learn of it")
             assert not swarm.connection_pruner._started
@@ -613,6 +613,11 @@ async def test_a_manager_that_closes_detaches_its_adapter() -> None:
         for peer_id in late:
             hub.conn_manager.tag_peer(peer_id, "late", 1)
         assert all(cm.get_tag_info(peer_id) is None for peer_id in late)
+        kept.tag_peer(late[1], "kept", 2)
+        kept.protect(late[1], "relay")
+        assert cm.get_tag_info(late[1]) is None
+        assert not cm.is_protected(late[1])
+        assert kept.is_protected(late[1])  # py-libp2p's own answer
         assert cm.get_info().temporary_count == 0
         late_info = original_store.get_tag_info(late[0])
         assert late_info is not None
@@ -621,15 +626,14 @@ async def test_a_manager_that_closes_detaches_its_adapter() -> None:
         # New connections are py-libp2p's again.
         ignored = cm.get_info().ignored_notifications
         await connect(second, hub)
-        await wait_until(lambda: anyio_true(connected_to(hub, second)), "the second peer")
+
+        async def second_connected() -> bool:
+            return connected_to(hub, second)
+
+        await wait_until(second_connected, "the second peer to connect")
         assert adapter.get_conn(only_conn(hub, second)) is None
         assert adapter.conns == ()
         assert cm.get_info().ignored_notifications == ignored  # nothing was sent to it
-
-
-async def anyio_true(value: bool) -> bool:
-    await anyio.lowlevel.checkpoint()
-    return value
 
 
 @pytest.mark.anyio
@@ -708,7 +712,7 @@ async def test_a_lost_notification_heals_at_the_next_periodic_reconcile(
 
 
 @pytest.mark.anyio
-async def test_attach_refuses_a_bad_reconcile_interval() -> None:
+async def test_attach_refuses_bad_arguments() -> None:
     clock = FakeClock()
     async with running_hosts(0) as (hub, _), manager(3, 10, clock) as cm:
         swarm = swarm_of(hub)
@@ -718,6 +722,8 @@ async def test_attach_refuses_a_bad_reconcile_interval() -> None:
                 await attach(hub, cm, reconcile_interval=bad)
         with pytest.raises(TypeError, match="reconcile_interval"):
             await attach(hub, cm, reconcile_interval=cast(Any, "60"))
+        with pytest.raises(TypeError, match="route_tags"):
+            await attach(hub, cm, route_tags=cast(Any, 1))
         assert swarm.tag_store is store
         assert swarm.connection_pruner._started
         adapter = await attach(hub, cm, reconcile_interval=None)  # never reconciles by itself
