@@ -12,15 +12,18 @@ The hub listens on 127.0.0.1 and never dials. ``--peers`` peers (100 by default)
 
 - protected (5%): the hub protects them (through py-libp2p's ``swarm.protect``, which the
   adapter routes to the manager); they stay, and redial 1-3 s after being dropped;
-- tagged (20%): the hub tags them 10..100 (``host.conn_manager.tag_peer``); they stay;
-- gossiping (25%): keep one stream to the hub open and send a message every second; the
+- tagged (15%): the hub tags them 10..100 (``host.conn_manager.tag_peer``); they stay;
+- gossiping (20%): keep one stream to the hub open and send a message every second; the
   hub bumps a decaying tag per message (with the manager) or adds to a tag (without); they
   stay;
-- churning (50%): stay online 5-25 s, leave, stay offline 5-25 s, dial again.
+- churning (60%): stay online 5-25 s, leave (or are dropped), stay offline 5-25 s, dial
+  again.
 
-Water marks: low 40, high 60, grace 5 s, silence 1 s (py-libp2p: the same watermarks and
-grace period). ``max_connections`` is 100,000 in both runs: py-libp2p 0.8.1 never frees an
-inbound slot while the host runs (see `asyncconnmgr.libp2p.InboundSlotsWarning`).
+Water marks: low 45, high 60, grace 5 s, silence 1 s (py-libp2p: the same watermarks and
+grace period). The 40 peers that want to stay fit under low water; the churning peers
+online (about 30) are the surplus a good manager trims. ``max_connections`` is 100,000 in
+both runs: py-libp2p 0.8.1 never frees an inbound slot while the host runs (see
+`asyncconnmgr.libp2p.InboundSlotsWarning`).
 
 Printed for each run, over the time after the warm-up (the first ~15% of the run):
 
@@ -66,13 +69,13 @@ from multiaddr import Multiaddr
 from asyncconnmgr import ConnManager, TrimResult, bump_sum_bounded, decay_linear
 from asyncconnmgr.libp2p import InboundSlotsWarning, Libp2pAdapter, attach
 
-LOW, HIGH, GRACE, SILENCE = 40, 60, 5.0, 1.0
+LOW, HIGH, GRACE, SILENCE = 45, 60, 5.0, 1.0
 MAX_CONNECTIONS = 100_000
 GOSSIP = TProtocol("/asyncconnmgr-soak/gossip/1.0.0")
 LOCALHOST = Multiaddr("/ip4/127.0.0.1/tcp/0")
 SAMPLE_EVERY = 0.1
 KINDS = ("protected", "tagged", "gossiping", "churning")
-SHARES = {"protected": 0.05, "tagged": 0.20, "gossiping": 0.25}
+SHARES = {"protected": 0.05, "tagged": 0.15, "gossiping": 0.20}
 HUB_SEED = b"asyncconnmgr-soak-hub".ljust(32, b".")
 
 
@@ -188,7 +191,9 @@ class Peer:
                 for conn in swarm.get_connections(self.hub.peer_id):
                     with trio.move_on_after(5):
                         await conn.close()
-            offline = self.rng.uniform(5, 25) if self.leaving else self.rng.uniform(1, 3)
+            # A churning peer goes offline for a while, whoever ended the connection.
+            churning = self.kind == "churning"
+            offline = self.rng.uniform(5, 25) if churning else self.rng.uniform(1, 3)
             await self._pause(offline, stop)
 
     async def _gossip(self) -> None:
@@ -430,6 +435,8 @@ class Hub:
             "rss_per_ended": (rss_end - rss_start) / ended if ended else 0.0,
             "swarmconns_alive": alive,
             "live_at_end": self._live(),
+            # Listed by the swarm although closed: py-libp2p lost their clean-up.
+            "closed_but_listed": sum(1 for c in self.swarm.get_connections() if c.is_closed),
             "victims": dict(self.victims),
         }
         if self.cm is not None and self.adapter is not None:
@@ -501,7 +508,8 @@ def report(results: dict[str, dict[str, Any]]) -> None:
             f"hub RSS: {result['rss_growth'] / 1e6:+.1f} MB over {result['ended']} ended "
             f"connections = {result['rss_per_ended'] / 1e3:+.1f} KB each; "
             f"{result['swarmconns_alive']} SwarmConn objects alive with "
-            f"{result['live_at_end']} live"
+            f"{result['live_at_end']} live ({result['closed_but_listed']} closed ones still "
+            "in the swarm's table)"
         )
     if len(results) == 2:
         with_manager, without = results["with the manager"], results["py-libp2p alone"]
