@@ -5,7 +5,9 @@ Run it as ``python benchmarks/soak.py`` (about 2 x 3.5 minutes), ``--quick`` (2 
 once with the manager attached (`asyncconnmgr.libp2p.attach`) and once with py-libp2p's own
 pruner and the same water marks (``--no-manager`` or ``--manager-only`` runs one of them).
 ``--ended N`` ends each run once N connections have ended after the warm-up instead (the
-figure for memory per ended connection). Not part of CI; it needs py-libp2p.
+figure for memory per ended connection); ``--no-bounded-count`` runs the manager with
+``bounded_count=False`` (grace protects every newcomer, as in go-libp2p). Not part of CI;
+it needs py-libp2p.
 
 The hub listens on 127.0.0.1 and never dials. ``--peers`` peers (100 by default) run in
 ``--procs`` worker processes (4), each peer a py-libp2p host of its own, and dial the hub:
@@ -315,6 +317,7 @@ class Hub:
                 grace_period=GRACE,
                 silence_period=SILENCE,
                 decay_resolution=5.0,
+                bounded_count=not self.args.no_bounded_count,
             ) as cm:
                 self.cm = cm
                 gossip = cm.register_decaying_tag(
@@ -473,6 +476,8 @@ def run_hub(args: argparse.Namespace, managed: bool) -> dict[str, Any]:
     command = [sys.executable, __file__, "--hub", "manager" if managed else "none"]
     command += ["--peers", str(args.peers), "--procs", str(args.procs)]
     command += ["--minutes", str(args.minutes)]
+    if args.no_bounded_count:
+        command.append("--no-bounded-count")
     if args.ended is not None:
         command += ["--ended", str(args.ended)]
     done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
@@ -529,6 +534,9 @@ def main() -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--no-manager", action="store_true", help="only py-libp2p's pruner")
     which.add_argument("--manager-only", action="store_true", help="only with the manager")
+    parser.add_argument(
+        "--no-bounded-count", action="store_true", help="the manager with bounded_count=False"
+    )
     parser.add_argument("--hub", choices=["manager", "none"], help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("HUB", "PEERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
