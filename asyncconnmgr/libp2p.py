@@ -465,16 +465,18 @@ class AdapterInfo:
 class Libp2pAdapter:
     """The link between one running py-libp2p host and one manager; see the module doc.
 
-    Made by `attach`; undone by `detach`, or by the manager closing. While attached it runs
-    one task in the host's background nursery: the periodic reconcile, and the watch for the
-    manager's close.
+    Made by `attach` (`host` and `manager` are what it links); undone by `detach`, or by the
+    manager closing. While attached it runs one task in the host's background nursery: the
+    periodic reconcile, and the watch for the manager's close.
     """
 
     host: IHost
     manager: ConnManager
     _swarm: Swarm = attrs.field(alias="swarm")
     _clock: Clock = attrs.field(alias="clock")
-    reconcile_interval: float | None = RECONCILE_INTERVAL
+    _reconcile_interval: float | None = attrs.field(
+        alias="reconcile_interval", default=RECONCILE_INTERVAL
+    )
     _manager_notifee: Notifiee = attrs.field(init=False)
     _swarm_notifee: _SwarmNotifee = attrs.field(init=False)
     _conns: dict[INetConn, Libp2pConn] = attrs.field(init=False, factory=dict)
@@ -498,6 +500,11 @@ class Libp2pAdapter:
         return self._attached
 
     @property
+    def reconcile_interval(self) -> float | None:
+        """Seconds (on the manager's clock) between two reconciles; None: only on request."""
+        return self._reconcile_interval
+
+    @property
     def conns(self) -> tuple[Libp2pConn, ...]:
         """The connections reported open to the manager and not yet reported closed."""
         return tuple(self._conns.values())
@@ -512,7 +519,7 @@ class Libp2pAdapter:
         return AdapterInfo(
             attached=self._attached,
             conns=len(self._conns),
-            reconcile_interval=self.reconcile_interval,
+            reconcile_interval=self._reconcile_interval,
             reconciles=self._reconciles,
             reported_open=self._reported_open,
             reported_closed=self._reported_closed,
@@ -607,8 +614,8 @@ class Libp2pAdapter:
         try:
             with scope:
                 async with anyio.create_task_group() as tg:
-                    if self.reconcile_interval is not None:
-                        tg.start_soon(self._reconcile_periodically, self.reconcile_interval)
+                    if self._reconcile_interval is not None:
+                        tg.start_soon(self._reconcile_periodically, self._reconcile_interval)
                     await self._wait_manager_closed()
                     tg.cancel_scope.cancel()
             if scope.cancel_called:  # detach() ended it

@@ -702,6 +702,7 @@ async def test_a_lost_notification_heals_at_the_next_periodic_reconcile(
 
         await wait_until(healed, "the periodic reconcile to report the lost close")
         info = adapter.get_info()
+        assert info.reconcile_interval == adapter.reconcile_interval == 30.0
         assert info.reported_closed == 1
         assert info.reported_open == 0
         assert info.reconciles == 1
