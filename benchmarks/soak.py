@@ -32,7 +32,8 @@ Printed for each run, over the time after the warm-up (the first ~15% of the run
 - the fraction of samples (every 100 ms) where the hub's live connection count was within
   [low, high], and its mean and largest value;
 - closes by kind of peer: connections the hub ended while the peer wanted to stay, as the
-  peers saw them (and the manager's trim victims, by kind);
+  peers saw them (and the manager's trim victims, by kind); those of the warm-up, when every
+  peer arrives within 5 s, apart;
 - the largest and the longest disagreement between the manager's count and the swarm's
   count of live connections, and what the adapter's reconciles fixed;
 - the hub's RSS growth per connection that ended after the warm-up (with the SwarmConn
@@ -143,8 +144,16 @@ class _Watch(INotifee):  # type: ignore[misc,unused-ignore]
 
 
 class Peer:
-    def __init__(self, index: int, kind: str, hub: PeerInfo, stats: dict[str, Counter[str]]):
+    def __init__(
+        self,
+        index: int,
+        kind: str,
+        hub: PeerInfo,
+        stats: dict[str, Counter[str]],
+        warm_end: float,
+    ) -> None:
         self.kind = kind
+        self.warm_end = warm_end
         self.host = new_host(key_pair=create_new_key_pair(peer_seed(index)))
         self.hub = hub
         self.rng = random.Random(index)
@@ -153,13 +162,17 @@ class Peer:
         self.gone = trio.Event()
         swarm_of(self.host).register_notifee(_Watch(lambda c: None, self._disconnected))
 
+    def count(self, what: str) -> None:
+        """Counts `what` for this peer's kind, apart during the hub's warm-up."""
+        self.stats[what if time.time() >= self.warm_end else f"{what} (warm-up)"] += 1
+
     def _disconnected(self, conn: INetConn) -> None:
         if conn.muxed_conn.peer_id != self.hub.peer_id:
             return
         if swarm_of(self.host).get_connections(self.hub.peer_id):
             return  # another connection to the hub is still open
         if not self.leaving:
-            self.stats["dropped by the hub"] += 1
+            self.count("dropped by the hub")
         self.gone.set()
 
     async def live(self, stop: trio.Event) -> None:
@@ -175,10 +188,10 @@ class Peer:
                 with trio.fail_after(20):
                     await self.host.connect(self.hub)
             except Exception:
-                self.stats["dial failures"] += 1
+                self.count("dial failures")
                 await self._pause(self.rng.uniform(1, 3), stop)
                 continue
-            self.stats["connects"] += 1
+            self.count("connects")
             async with trio.open_nursery() as nursery:
                 if self.kind == "gossiping":
                     nursery.start_soon(self._gossip)
@@ -189,7 +202,7 @@ class Peer:
             if not self.gone.is_set():  # time to go (churning), or the soak ends
                 self.leaving = True
                 if not stop.is_set():
-                    self.stats["left"] += 1
+                    self.count("left")
                 for conn in swarm.get_connections(self.hub.peer_id):
                     with trio.move_on_after(5):
                         await conn.close()
@@ -203,7 +216,7 @@ class Peer:
             stream = await self.host.new_stream(self.hub.peer_id, [GOSSIP])
             while True:
                 await stream.write(b"g" * 100)
-                self.stats["messages"] += 1
+                self.count("messages")
                 await trio.sleep(1.0)
         except Exception:  # the connection went away
             return
@@ -225,12 +238,13 @@ async def _first(*waits: Callable[[], Awaitable[object]]) -> None:
             nursery.start_soon(run)
 
 
-async def worker_main(hub_addr: str, peers: list[tuple[int, str]]) -> None:
-    """Runs `peers` until stdin closes; prints their counters as one JSON line."""
+async def worker_main(hub_addr: str, peers: list[tuple[int, str]], warm_end: float) -> None:
+    """Runs `peers` until stdin closes; prints their counters as one JSON line. `warm_end`
+    (``time.time()``) is when the hub's warm-up ends."""
     hub = info_from_p2p_addr(Multiaddr(hub_addr))
     stats: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
     stop = trio.Event()
-    members = [Peer(index, kind, hub, stats) for index, kind in peers]
+    members = [Peer(index, kind, hub, stats, warm_end) for index, kind in peers]
     async with AsyncExitStack() as stack:
         for peer in members:
             await stack.enter_async_context(peer.host.run(listen_addrs=[]))
@@ -274,6 +288,10 @@ class Hub:
         self.kind_of: dict[object, str] = {peer_id_of(i): kind for i, kind in self.peers}
         self.ended = 0
         self.victims: Counter[str] = Counter()
+        self.warmup_victims: Counter[str] = Counter()
+        duration = args.minutes * 60.0
+        self.warmup = max(10.0, 0.15 * duration) if args.ended is None else 20.0
+        self.warm_end = float("inf")  # time.monotonic() when the warm-up ends
         self.cm: ConnManager | None = None
         self.adapter: Libp2pAdapter | None = None
         self.gossip_bump: Callable[[ID], None] = self._tag_gossip
@@ -333,9 +351,10 @@ class Hub:
         raise AssertionError("unreachable")
 
     def _count_victims(self, result: TrimResult) -> None:
+        victims = self.victims if time.monotonic() >= self.warm_end else self.warmup_victims
         for victim in result.victims:
             if victim.outcome in ("closed", "aborted"):
-                self.victims[self.kind_of.get(victim.peer, "unknown")] += 1
+                victims[self.kind_of.get(victim.peer, "unknown")] += 1
 
     def _live(self) -> int:
         return sum(1 for conn in self.swarm.get_connections() if not conn.is_closed)
@@ -344,10 +363,12 @@ class Hub:
         args = self.args
         addr = f"{self.host.get_addrs()[0]}"
         groups = [self.peers[at :: args.procs] for at in range(args.procs)]
+        self.warm_end = time.monotonic() + self.warmup
+        warm_end_wall = f"{time.time() + self.warmup:.3f}"
         workers = []
         for group in groups:
             spec = ",".join(f"{index}:{kind}" for index, kind in group)
-            command = [sys.executable, __file__, "--worker", addr, spec]
+            command = [sys.executable, __file__, "--worker", addr, spec, warm_end_wall]
             workers.append(
                 await trio.lowlevel.open_process(
                     command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -386,7 +407,7 @@ class Hub:
     async def _sample(self) -> dict[str, Any]:
         args = self.args
         duration = args.minutes * 60.0
-        warmup = max(10.0, 0.15 * duration) if args.ended is None else 20.0
+        warmup = self.warm_end - time.monotonic()
         start = time.monotonic()
         rss_start = ended_start = None
         samples = within = total = largest = 0
@@ -441,6 +462,7 @@ class Hub:
             # Listed by the swarm although closed: py-libp2p lost their clean-up.
             "closed_but_listed": sum(1 for c in self.swarm.get_connections() if c.is_closed),
             "victims": dict(self.victims),
+            "warmup_victims": dict(self.warmup_victims),
         }
         if self.cm is not None and self.adapter is not None:
             await self.cm.flush()
@@ -501,6 +523,7 @@ def report(results: dict[str, dict[str, Any]]) -> None:
                 f"{counts.get('connects', 0):>5} connects, {counts.get('left', 0):>4} left, "
                 f"{counts.get('dial failures', 0):>3} dial failures"
                 + (f"; trim victims {result['victims'].get(kind, 0)}" if result["managed"] else "")
+                + f"; during the warm-up {counts.get('dropped by the hub (warm-up)', 0)} dropped"
             )
         if result["managed"]:
             print(
@@ -538,15 +561,17 @@ def main() -> None:
         "--no-bounded-count", action="store_true", help="the manager with bounded_count=False"
     )
     parser.add_argument("--hub", choices=["manager", "none"], help=argparse.SUPPRESS)
-    parser.add_argument("--worker", nargs=2, metavar=("HUB", "PEERS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("HUB", "PEERS", "WARM_END"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.quick:
         args.minutes = 0.5
     if args.worker is not None:
-        hub_addr, spec = args.worker
+        hub_addr, spec, warm_end = args.worker
         peers = [(int(i), kind) for i, kind in (item.split(":") for item in spec.split(","))]
         quiet_libp2p()
-        trio.run(worker_main, hub_addr, peers)
+        trio.run(worker_main, hub_addr, peers, float(warm_end))
         return
     if args.hub is not None:
         hub_main(args, managed=args.hub == "manager")
