@@ -183,7 +183,23 @@ class Closer:
         nest). Between slices the worker yields, unshielded: the event loop is never held
         for longer than the budget, and a cancellation of the manager stops the worker.
         """
-        run.task_ids.add(anyio.get_current_task().id)
+        # Only while it runs: a task id is the id() of the task object, and a new task may
+        # reuse the id of one that has ended.
+        task_id = anyio.get_current_task().id
+        run.task_ids.add(task_id)
+        try:
+            await self._work(run, report, watched, wakeup, budget)
+        finally:
+            run.task_ids.discard(task_id)
+
+    async def _work(
+        self,
+        run: CloseRun,
+        report: Report,
+        watched: deque[_Watched],
+        wakeup: Wakeup,
+        budget: LoopBudget,
+    ) -> None:
         current = _Current()
         while not run.done:
             if run.deadline is not None and self._clock.now() >= run.deadline:

@@ -43,7 +43,13 @@ __all__ = [
 
 @attrs.frozen(slots=True)
 class DecayingValue:
-    """One peer's value under one decaying tag, as the decay and bump functions see it."""
+    """One peer's value under one decaying tag, as the decay and bump functions see it.
+
+    `tag` is the tag's name and `peer` the peer; `added` is when the value was first bumped,
+    `last_bump` when it was last bumped, `last_visit` when it was last visited (in a decay
+    visit: the time of the current one); `value` is the value. Times are on the manager's
+    clock.
+    """
 
     tag: str
     peer: PeerId
@@ -54,7 +60,11 @@ class DecayingValue:
 
 
 DecayFn = Callable[[DecayingValue], "tuple[int, bool]"]
+"""`decay_fn(value) -> (new_value, remove)`: run on each decay visit of a value. Returning
+`remove=True` drops the value; raising leaves it unchanged (logged, counted)."""
 BumpFn = Callable[[DecayingValue, int], int]
+"""`bump_fn(value, delta) -> new_value`: run on each `bump()`. Must return an int; an
+exception reaches the caller of `bump()` and nothing changes."""
 
 
 def decay_none() -> DecayFn:
@@ -67,7 +77,10 @@ def decay_none() -> DecayFn:
 
 
 def decay_fixed(minuend: int) -> DecayFn:
-    """Subtracts `minuend` on every visit; removes the value once it reaches 0 or less."""
+    """Subtracts `minuend` on every visit; removes the value once it reaches 0 or less.
+
+    Raises TypeError naming `minuend` if it is not an int (a bool is not).
+    """
     check_int("minuend", minuend)
 
     def decay(value: DecayingValue) -> tuple[int, bool]:
@@ -78,7 +91,11 @@ def decay_fixed(minuend: int) -> DecayFn:
 
 
 def decay_linear(coef: float) -> DecayFn:
-    """Multiplies by `coef` (0 < coef < 1) on every visit, rounding down; removes at 0 or less."""
+    """Multiplies by `coef` (0 < coef < 1) on every visit, rounding down; removes at 0 or less.
+
+    Raises TypeError naming `coef` if it is not a number, ValueError if it is not strictly
+    between 0 and 1.
+    """
     check_fraction("coef", coef)
 
     def decay(value: DecayingValue) -> tuple[int, bool]:
@@ -92,7 +109,8 @@ def decay_expire_when_inactive(after: float) -> DecayFn:
     """Keeps the value as it is, and removes it once it has not been bumped for `after` s.
 
     (The reference implementation's preset of this name zeroes the value on every visit and
-    never removes it.)
+    never removes it.) Raises TypeError naming `after` if it is not a number of seconds,
+    ValueError if it is negative or not finite.
     """
     limit = check_seconds("after", after)
 
@@ -112,7 +130,10 @@ def bump_sum_unbounded() -> BumpFn:
 
 
 def bump_sum_bounded(min: int, max: int) -> BumpFn:
-    """Adds the delta and clamps the sum into [min, max]."""
+    """Adds the delta and clamps the sum into [min, max].
+
+    Raises TypeError naming `min` or `max` if it is not an int, ValueError if `min > max`.
+    """
     check_int("min", min)
     check_int("max", max)
     if min > max:
@@ -149,9 +170,14 @@ class _DecayingTagOwner(Protocol):
 class DecayingTag:
     """The handle `register_decaying_tag()` returns: bump or remove peers' values, or close.
 
-    Every call is synchronous and applied at once. After `close()` (idempotent) the tag's
-    values are gone from every peer, its name may be registered again, and `bump`/`remove`
-    raise `ManagerClosedError`.
+    Every call is synchronous and applied at once (none waits, so none can be cancelled
+    half-way). After `close()` (idempotent) the tag's values are gone from every peer, its
+    name may be registered again, and `bump`/`remove` raise `ManagerClosedError`.
+
+    `name` and `interval` are the tag's name and its decay interval in seconds (raised to
+    the manager's `decay_resolution` if it was shorter); `decay_fn` and `bump_fn` its
+    functions; `closed` is true once `close()` was called. Made by
+    `ConnManager.register_decaying_tag`, never directly.
     """
 
     name: str
@@ -165,20 +191,27 @@ class DecayingTag:
         """Applies `bump_fn` to the peer's value (0 if it has none) and `delta`.
 
         A peer with no entry gets a temporary one, as `tag_peer` does. If `bump_fn` raises,
-        the exception reaches the caller and nothing changes.
+        the exception reaches the caller and nothing changes. Raises `ManagerClosedError`
+        once the tag is closed, TypeError naming `delta` if it is not an int or `peer` if it
+        is None or unhashable, and TypeError if `bump_fn` returns something that is not an
+        int.
         """
         if self.closed:
             raise ManagerClosedError(f"decaying tag {self.name!r} is closed")
         self._owner._decaying_bump(self, peer, delta)
 
     def remove(self, peer: PeerId) -> None:
-        """Drops the peer's value under this tag; a peer with no value is left alone."""
+        """Drops the peer's value under this tag; a peer with no value is left alone.
+
+        Raises `ManagerClosedError` once the tag is closed, TypeError naming `peer` if it is
+        None or unhashable.
+        """
         if self.closed:
             raise ManagerClosedError(f"decaying tag {self.name!r} is closed")
         self._owner._decaying_remove(self, peer)
 
     def close(self) -> None:
-        """Removes this tag's values from every peer and frees its name."""
+        """Removes this tag's values from every peer and frees its name; idempotent."""
         if not self.closed:
             self.closed = True
             self._owner._decaying_close(self)

@@ -127,7 +127,8 @@ class TrimSubscription:
 
     Iterate it with `async for`; the iteration ends when the subscription or the manager
     closes. It holds at most `max_buffer` results: when a new one arrives and it is full, the
-    oldest is dropped and counted in `lost`.
+    oldest is dropped and counted in `lost`. Several tasks may iterate one subscription: each
+    result goes to one of them. A cancelled wait for the next result takes nothing.
     """
 
     __slots__ = ("_buffer", "_closed", "_on_close", "_waiter", "lost")
@@ -177,12 +178,16 @@ class TrimSubscription:
         return self
 
     async def __anext__(self) -> TrimResult:
+        await anyio.lowlevel.checkpoint()
+        # Every task waiting here shares one event, so a push or a close wakes them all;
+        # nothing awaits between the last look at the buffer and taking from it.
         while not self._buffer:
             if self._closed:
                 raise StopAsyncIteration
-            waiter = self._waiter = anyio.Event()
+            waiter = self._waiter
+            if waiter is None:
+                waiter = self._waiter = anyio.Event()
             await waiter.wait()
-        await anyio.lowlevel.checkpoint()
         return self._buffer.popleft()
 
     def __len__(self) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Final
 
@@ -245,8 +245,13 @@ class Ledger:
             self.ended.add_many(closed)
 
     def close_not_done(self, conn: Conn) -> None:
-        """A close failed, timed out, was spared or never started: `conn` stays, counted."""
+        """A close failed, timed out or was spared: `conn` stays, counted."""
         self.table.unmark_closing(conn)
+
+    def closes_not_started(self, conns: Iterable[Conn]) -> None:
+        """The closes a trim never started (a deadline, every caller gone): they stay,
+        counted."""
+        self.table.unmark_many(conns)
 
     def _check_invariants(self) -> None:
         """Asserts the ledger's rules against the table; for tests."""

@@ -51,7 +51,7 @@ from ._decay import BumpFn, DecayFn, DecayingTag
 from ._errors import LimitExceededError, ManagerClosedError
 from ._events import EventQueue, ManagerNotifiee, TrimSubscription
 from ._ledger import Ledger
-from ._models import OUTCOMES, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
+from ._models import LOOPS, OUTCOMES, TRIGGERS, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
 from ._policy import DefaultPolicy, TrimPolicy, as_policy, reason_of
 from ._table import Candidates, Choice, PeerEntry, PeerTable
 from .abc import Clock, Conn, Notifiee, PeerId
@@ -168,17 +168,23 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             connection aborted if it has an `abort()` (> 0).
         close_concurrency: how many closes run at once (>= 1).
         decay_resolution: the period of decaying-tag ticks (> 0).
-        clock: an `asyncconnmgr.abc.Clock`; inject `testing.FakeClock` in tests.
+        clock: an `asyncconnmgr.abc.Clock`; inject `testing.FakeClock` in tests
+            (TypeError if it has no `now()` and `sleep_until()`).
         policy: orders the victims (`DefaultPolicy()` by default): an object with
-            `select(candidates, target, now)`, or a v0.1 one with `sort_key(candidate)`.
+            `select(candidates, target, now)`, or a v0.1 one with `sort_key(candidate)`
+            (TypeError if it has neither).
         bounded_count: keep the count bounded while peers are in grace (default True):
             peers in grace beyond `grace_budget` connections become candidates after every
-            other one, and a count above `ceiling` starts a trim at once. False gives the
+            other one (only down to low water), and a count above `ceiling` starts a trim
+            at once. False gives the
             reference behaviour (grace protects every new peer, however many).
         ceiling: with the bounded count, the count that starts a trim at once (>= high
-            water; default high water plus half the band between the marks, at least 1).
+            water; default high water plus a fifth of the band between the marks, at
+            least 1).
         grace_budget: with the bounded count, how many connections of peers in grace keep
-            their grace (>= 0; default `high_water - low_water`), the oldest first.
+            their grace (>= 0; default half the band, `(high_water - low_water) // 2`);
+            which peers keep it is the policy's choice (the youngest lose it first with
+            the default policy).
     """
 
     def __init__(
@@ -242,7 +248,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._subscriptions: list[TrimSubscription] = []
         self._listeners: dict[int, Callable[[TrimResult], object]] = {}
         self._listener_ids = itertools.count()
-        self._trims: dict[str, int] = {}
+        # Trims by trigger, every trigger present (a preview is not a trim).
+        self._trims = dict.fromkeys((t for t in TRIGGERS if t != "preview"), 0)
         self._pruned: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._pruned_peers = 0
         self._decay_failures = 0
@@ -297,13 +304,13 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             with anyio.CancelScope() as scope:
                 self._background_scope = scope
                 async with anyio.create_task_group() as tg:
-                    loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
-                        ("consumer", self._consume_loop),
-                        ("trimmer", self._trim_loop),
-                        ("decayer", self._decay_loop),
-                        ("reaper", self._reap_loop),
+                    loops: list[Callable[[], Awaitable[None]]] = [
+                        self._consume_loop,
+                        self._trim_loop,
+                        self._decay_loop,
+                        self._reap_loop,
                     ]
-                    for name, loop in loops:
+                    for name, loop in zip(LOOPS, loops, strict=True):
                         await tg.start(self._supervise, name, loop)
                     task_status.started()
         finally:
@@ -410,7 +417,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         return self._notifiee
 
     async def flush(self) -> None:
-        """Returns once every notification queued before the call has been applied."""
+        """Returns once every notification queued before the call has been applied.
+
+        The notifications are applied before the call first yields: a cancelled `flush()`
+        has applied them all the same.
+        """
         self._drain()
         await anyio.lowlevel.checkpoint()
 
@@ -437,7 +448,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def tag_peer(self, peer: PeerId, tag: str, value: int) -> None:
         """Sets the peer's tag to `value` (not added to it). An unknown peer gets a
-        temporary entry, reaped after the grace period unless the peer connects."""
+        temporary entry, reaped after the grace period unless the peer connects.
+
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable, `tag` is not a non-empty str, or `value` is not an int.
+        """
         if type(tag) is not str or not tag:
             check_tag("tag", tag)
         if type(value) is not int:
@@ -453,7 +468,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             self._reaper_wakeup.set()
 
     def untag_peer(self, peer: PeerId, tag: str) -> None:
-        """Removes the tag; an unknown peer or an absent tag is left alone."""
+        """Removes the tag; an unknown peer or an absent tag is left alone.
+
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable or `tag` is not a non-empty str.
+        """
         check_tag("tag", tag)
         check_peer(peer)
         self._table.untag_peer(peer, tag)
@@ -463,6 +482,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
         `fn` runs with nothing locked and may call back into the manager; if it raises (or
         does not return an int) the exception reaches the caller and nothing changes.
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable, `tag` is not a non-empty str, or `fn` is not callable.
         """
         if type(tag) is not str or not tag:
             check_tag("tag", tag)
@@ -485,18 +506,30 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             self._reaper_wakeup.set()
 
     def get_tag_info(self, peer: PeerId) -> TagInfo | None:
-        """A snapshot of the peer's entry, or None if the manager does not know it."""
+        """A snapshot of the peer's entry, or None if the manager does not know it.
+
+        Raises TypeError naming `peer` if it is None or unhashable.
+        """
         check_peer(peer)
         return self._table.tag_info(peer)
 
     def protect(self, peer: PeerId, tag: str) -> None:
-        """Protects the peer under `tag`: it is never trimmed while any protection remains."""
+        """Protects the peer under `tag`: it is never trimmed while any protection remains.
+
+        A trim that chose the peer before it was protected spares it, if its close has not
+        started. Raises TypeError or ValueError naming the argument, and changes nothing, if
+        `peer` is None or unhashable or `tag` is not a non-empty str.
+        """
         check_tag("tag", tag)
         check_peer(peer)
         self._table.protect(peer, tag)
 
     def unprotect(self, peer: PeerId, tag: str) -> bool:
-        """Removes one protection; returns True if the peer is still protected by another."""
+        """Removes one protection; returns True if the peer is still protected by another.
+
+        Raises TypeError or ValueError naming the argument, and changes nothing, if `peer`
+        is None or unhashable or `tag` is not a non-empty str.
+        """
         check_tag("tag", tag)
         check_peer(peer)
         still_protected = self._table.unprotect(peer, tag)
@@ -506,7 +539,11 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         return still_protected
 
     def is_protected(self, peer: PeerId, tag: str | None = None) -> bool:
-        """Whether the peer is protected under `tag`, or under any tag if `tag` is None."""
+        """Whether the peer is protected under `tag`, or under any tag if `tag` is None.
+
+        Raises TypeError or ValueError naming the argument if `peer` is None or unhashable
+        or `tag` is neither None nor a non-empty str.
+        """
         if tag is not None:
             check_tag("tag", tag)
         check_peer(peer)
@@ -519,8 +556,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     ) -> DecayingTag:
         """Registers a tag whose values fade every `interval` seconds unless bumped.
 
-        An interval shorter than `decay_resolution` is raised to it (`tag.interval` tells);
-        a name already registered raises ValueError.
+        An interval shorter than `decay_resolution` is raised to it (`tag.interval` tells).
+        Raises ValueError for a name already registered, and TypeError or ValueError naming
+        the argument if `name` is not a non-empty str, `interval` is not a finite number
+        above 0, or `decay_fn` or `bump_fn` is not callable; nothing changes then.
         """
         check_tag("name", name)
         seconds = check_seconds("interval", interval, positive=True)
@@ -549,7 +588,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
     # -- information ----------------------------------------------------------------------
 
     def check_limit(self, limit: int) -> None:
-        """Raises `LimitExceededError` if high water exceeds the host's connection limit."""
+        """Raises `LimitExceededError` if high water exceeds the host's connection limit.
+
+        Raises TypeError or ValueError naming `limit` if it is not an int >= 0.
+        """
         check_int("limit", limit, minimum=0)
         if self._config.high_water > limit:
             raise LimitExceededError(
@@ -592,6 +634,16 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         )
 
     @property
+    def clock(self) -> Clock:
+        """The clock every timer of this manager runs on (the injected one, or anyio's)."""
+        return self._clock
+
+    @property
+    def close_timeout(self) -> float:
+        """How long one close may run before it is given up (or aborted), on `clock`."""
+        return self._config.close_timeout
+
+    @property
     def last_trim_result(self) -> TrimResult | None:
         """The `TrimResult` of the most recent trim that ended (background or explicit)."""
         return self._last_result
@@ -602,7 +654,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def add_trim_listener(self, callback: Callable[[TrimResult], object]) -> Callable[[], None]:
         """Calls `callback(result)` (sync) when each trim ends; returns a function that
-        removes it. An exception from the callback is logged and counted, never raised."""
+        removes it. An exception from the callback is logged and counted, never raised.
+
+        Raises TypeError naming `callback` if it is not callable.
+        """
         check_callable("callback", callback)
         key = next(self._listener_ids)
         self._listeners[key] = callback
@@ -624,10 +679,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """
         size = check_int("max_buffer", max_buffer, minimum=1)
         subscription = TrimSubscription(size, self._subscriptions.remove)
+        self._subscriptions.append(subscription)
         if self._state is _State.CLOSED:
-            subscription.close()
-        else:
-            self._subscriptions.append(subscription)
+            subscription.close()  # an iteration that has ended (closing removes it again)
         return subscription
 
     def _end_subscriptions(self) -> None:
@@ -663,6 +717,9 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         entry = table.lookup(peer)
         cfg = self._config
         if entry is None:
+            protected_by = table.protection_tags(peer)  # protected before it connected
+            if protected_by:
+                return PeerStatus(peer, "protected", protected_by=protected_by)
             return PeerStatus(peer, "unknown")
         if entry.temp:
             return PeerStatus(
@@ -670,20 +727,24 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             )
         value, conns, outbound = entry.value, entry.open_conns, entry.outbound
         protected_by = table.protection_tags(peer)
-        if protected_by:
-            return PeerStatus(peer, "protected", value, conns, 0, outbound, protected_by)
-        if conns <= 0:
-            return PeerStatus(peer, "closing", value, conns, 0, outbound)
+        if protected_by or conns <= 0:
+            # `entry.streams` is read only for candidates: read this peer's streams now.
+            streams = sum(conn.streams for conn in entry.connections)
+            if protected_by:
+                return PeerStatus(peer, "protected", value, conns, streams, outbound, protected_by)
+            return PeerStatus(peer, "closing", value, conns, streams, outbound)
         now = self._now()
         candidates = table.candidates(now)
-        everyone = candidates.eligible + candidates.over_budget
+        everyone = candidates.eligible + candidates.in_grace
         if entry not in everyone:
             until = entry.first_seen + cfg.grace_period
-            return PeerStatus(peer, "in_grace", value, conns, entry.streams, outbound, until=until)
+            # `entry.streams` is read only for candidates: read this peer's streams now.
+            streams = sum(conn.streams for conn in entry.connections)
+            return PeerStatus(peer, "in_grace", value, conns, streams, outbound, until=until)
         self._log_stream_failures()
         order = [
             *self._order(candidates.eligible, candidates.count, now),
-            *self._order(candidates.over_budget, candidates.count, now),
+            *self._order(candidates.in_grace, candidates.count, now),
         ]
         chosen = self._plan(now)[2].entries
         rank = next((at for at, item in enumerate(order) if item is entry), None)
@@ -701,12 +762,17 @@ class ConnManager(anyio.AsyncContextManagerMixin):
 
     def preview_trim(self) -> TrimResult:
         """What a trim would close now (trigger "preview"), closing nothing and changing
-        nothing: its victims carry the outcome "not_started"."""
+        nothing: its victims carry the outcome "not_started".
+
+        Queued notifications are applied first. While a trim is in flight this plans over
+        the connections it is not already closing: what a trim started after it would close
+        (a `trim_open_conns()` called meanwhile joins the one in flight instead).
+        """
         self._drain()
         now = self._now()
-        _, target, choice = self._plan(now)
+        _, target, choice, reasons = self._plan(now)
         values = tuple(entry.value for entry in choice.entries)
-        victims = self._victims(choice, values, self._reasons(choice), {}, 0, not_started=True)
+        victims = self._victims(choice, values, reasons, {}, 0, not_started=True)
         return TrimResult(
             target=max(target, 0),
             started_at=now,
@@ -734,9 +800,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         finished, each within `close_timeout`; the connections whose close never started are
         left open and counted. A cancelled caller always gets its cancellation.
 
-        Raises `ManagerClosedError` after `aclose()`; RuntimeError on a manager that was
-        never entered (`async with`), and when called from inside a `close()` that this
-        manager's own trim is running (it would wait for itself). A `BaseException` that is
+        Raises TypeError or ValueError naming `deadline` if it is neither None nor a number
+        (or is NaN). Raises `ManagerClosedError` after `aclose()`; RuntimeError on a manager
+        that was never entered (`async with`), and when called from inside a `close()` that
+        this manager's own trim is running (it would wait for itself). A `BaseException` that is
         not an `Exception` raised by a `close()` comes out of here as itself, once the
         started closes have finished.
         """
@@ -769,7 +836,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._last_trim = now
         self._trims[trigger] = self._trims.get(trigger, 0) + 1
         temporary_removed = table.reap_temporary(now)
-        candidates, target, choice = self._plan(now)
+        candidates, target, choice, reasons = self._plan(now)
         # Nothing to close: the next background trim waits for the first grace period to
         # end, unless a connection arrives meanwhile that could be closed (see `_drain`).
         self._grace_hold = candidates.next_grace_expiry if target <= 0 else None
@@ -784,29 +851,43 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         flight = self._flight = _Flight(trigger, run, choice, target, now)
         flight.temporary_removed = temporary_removed
         flight.previous_trim = previous_trim
-        flight.reasons = self._reasons(choice)
+        flight.reasons = reasons
         flight.values = tuple(entry.value for entry in choice.entries)
         self._task_group.start_soon(self._fly, flight)
         return flight
 
-    def _plan(self, now: float) -> tuple[Candidates, int, Choice]:
+    def _plan(self, now: float) -> tuple[Candidates, int, Choice, tuple[object, ...]]:
         """The victims of a trim now: the policy's order of the eligible, covering what
-        exceeds low water; then every connection of the peers in grace beyond the budget
-        (they are beyond it whatever the other peers do), in the policy's order."""
+        exceeds low water; then, when more connections are in grace than the budget, the
+        policy's order of the peers in grace, covering the excess (the policy chooses who
+        keeps its grace), as far as the count (protected peers aside) stays at or above
+        low water: a host that has just started, all of its peers in grace, keeps low water.
+        Also each victim's reason, asked of the policy right after the order it belongs
+        to."""
         table = self._table
         candidates = table.candidates(now)
         self._log_stream_failures()
+        if self._config.trimming_disabled:
+            return candidates, 0, Choice(), ()
         target = self._target(candidates)
-        over = candidates.count - candidates.eligible_count
+        over = candidates.beyond_budget
         if target <= 0 and over <= 0:
-            return candidates, min(target, 0), Choice()
+            return candidates, min(target, 0), Choice(), ()
         choice = Choice()
+        reasons: tuple[object, ...] = ()
+        # A policy may keep its reasons for its last order only (a v0.1 `sort_key` policy
+        # does): ask for them before ordering the next part.
         if target > 0:
             choice = table.choose(self._order(candidates.eligible, target, now), target)
+            reasons = self._reasons(choice)
         if over > 0:
-            late = table.choose(self._order(candidates.over_budget, over, now), over)
+            left = candidates.eligible_count - len(choice.conns) + candidates.grace_count
+            over = min(over, left - self._config.low_water)
+        if over > 0:
+            late = table.choose(self._order(candidates.in_grace, over, now), over)
             choice = choice + late
-        return candidates, max(target, 0) + over, choice
+            reasons += self._reasons(late)
+        return candidates, max(target, 0) + max(over, 0), choice, reasons
 
     def _target(self, candidates: Candidates) -> int:
         """How many eligible connections exceed low water."""
@@ -872,8 +953,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         try:
             await self._closer.run(run, report)
         finally:
-            for conn in run.conns[run.started :]:
-                ledger.close_not_done(conn)
+            ledger.closes_not_started(run.conns[run.started :])
             ledger.settle()
             if run.started == 0 and flight.target > 0 and flight.choice.conns:
                 # No close started (the deadline had passed, or every caller left at once):

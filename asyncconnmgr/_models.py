@@ -10,6 +10,7 @@ import attrs
 from .abc import Conn, Direction, PeerId
 
 __all__ = [
+    "LOOPS",
     "OUTCOMES",
     "TRIGGERS",
     "CandidateConn",
@@ -30,6 +31,9 @@ OUTCOMES: tuple[str, ...] = ("closed", "failed", "timed_out", "aborted", "spared
 #: exceeded, one silence period after the last trim); the count crossing the ceiling of the
 #: bounded count (at once); or `preview_trim()`, which closes nothing.
 TRIGGERS: tuple[str, ...] = ("explicit", "background", "ceiling", "preview")
+
+#: The manager's background loops, as named in `ManagerInfo.loop_failures`.
+LOOPS: tuple[str, ...] = ("consumer", "trimmer", "decayer", "reaper")
 
 _EMPTY: Mapping[str, int] = MappingProxyType({})
 
@@ -62,7 +66,12 @@ class TagInfo:
 
 @attrs.frozen(slots=True)
 class CandidateConn:
-    """One connection of a trim candidate, as read when the trim chose its victims."""
+    """One connection of a trim candidate, as read when the trim chose its victims.
+
+    `conn` is the connection itself, `direction` its direction as read at `connected`,
+    `streams` its stream count (0 if it could not be read), `remote_addr` its address (None
+    if unknown), `opened` when it was reported open (on the manager's clock).
+    """
 
     conn: Conn
     direction: Direction
@@ -98,6 +107,12 @@ class TrimResult:
     the connections whose close never started are left open and counted. `target` is how
     many connections the trim set out to close. `trigger` says what started it (see
     `TRIGGERS`); `outcomes` counts the chosen connections by outcome (see `OUTCOMES`).
+    `victims` are the peers it chose, in closing order; `started_at` and `finished_at` are
+    times on the manager's clock (None in the empty result of a manager whose trimming is
+    disabled, and of a `NullConnManager`);
+    `temporary_removed` counts the stale temporary entries the trim reaped as it started.
+    An aborted connection counts in `closed` (it left the counts), a timed-out one in
+    `failed`.
     """
 
     closed: int = 0
@@ -158,6 +173,14 @@ class ManagerInfo:
     and `pruned_peers` the victims whose connections all closed. `stream_read_failures`
     counts connections whose `num_streams` could not be read (each logged once). `ceiling` and
     `grace_budget` are the bounded count's settings (None when it is off).
+
+    The other counters: `temporary_count` (entries of tagged peers that never connected),
+    `protected_count` (peers with at least one protection, connected or not),
+    `queued_notifications` (reported, not yet applied), `trims` (every trim that started,
+    `preview_trim()` excluded), `closed_conns` (connections trims closed or aborted),
+    `close_failures` (closes that failed or timed out), `ignored_notifications`,
+    `decay_failures` (decay functions that raised). `running` is true inside `async with`
+    until `aclose()` begins; `closed` once it has finished.
     """
 
     low_water: int

@@ -42,7 +42,9 @@ class Candidate(Protocol):
     """The read-only view of a peer that a policy may use."""
 
     @property
-    def peer(self) -> PeerId: ...
+    def peer(self) -> PeerId:
+        """The peer's id, as the host reported it in `Conn.remote_peer`."""
+        ...
 
     @property
     def value(self) -> int:
@@ -93,7 +95,13 @@ class TrimPolicy(Protocol):
         self, candidates: Sequence[Candidate], target: int, now: float
     ) -> Iterable[Candidate]:
         """The candidates in closing order (a prefix suffices once it covers `target`
-        connections). Must return the objects it was given."""
+        connections), as a pure function of the snapshots: it runs synchronously while the
+        trim plans, and must not change the manager.
+
+        Must return the objects it was given: anything else makes the trim raise TypeError
+        (`trim_open_conns()` raises it; a background trim logs it as a trimmer failure). An
+        exception `select` raises reaches the trim the same way, and nothing is closed.
+        """
         ...
 
 
@@ -101,7 +109,9 @@ class TrimPolicy(Protocol):
 class SortKeyTrimPolicy(Protocol):
     """The v0.1 policy protocol: a key per candidate, smallest closed first."""
 
-    def sort_key(self, candidate: Candidate) -> Any: ...
+    def sort_key(self, candidate: Candidate) -> Any:
+        """The candidate's key: candidates with smaller keys are closed first."""
+        ...
 
 
 def default_key(candidate: Candidate) -> tuple[int, bool, bool, int, float, int]:
@@ -136,6 +146,9 @@ class DefaultPolicy:
     def select(
         self, candidates: Sequence[Candidate], target: int, now: float
     ) -> Iterable[Candidate]:
+        """The candidates in `default_key` order, those that cannot be needed left out: a
+        peer valued above the value at which the cheaper ones cover `target` is never
+        chosen, so it is neither keyed nor sorted."""
         if target <= 0 or not candidates:
             return ()
         # The order starts with the value, so no peer valued above the value at which the

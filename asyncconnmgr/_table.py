@@ -45,7 +45,7 @@ from __future__ import annotations
 import operator
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, cast
+from typing import Any, Final
 
 import attrs
 
@@ -61,27 +61,37 @@ _INBOUND = Direction.INBOUND
 _OUTBOUND = Direction.OUTBOUND
 _UNKNOWN = Direction.UNKNOWN
 _STREAMS = operator.attrgetter("num_streams")
-#: `PeerEntry.tag_values` of a peer with no tag: the empty tuple, shared by every such peer
-#: (an empty list each would cost 56 bytes a peer); it is replaced, never changed in place.
-_NO_VALUES: list[int] = cast("list[int]", ())
+#: `PeerEntry.tag_values` of a peer with no tag.
+_NO_VALUES: tuple[int, ...] = ()
 #: A peer with more connections than this keeps them in a dict (O(1) per change) rather than
 #: in a tuple that is copied on every change.
 _PACKED_MAX = 16
 #: ... and goes back to a tuple once it has this many or fewer.
 _PACKED_BACK = 8
-_PACKED_LEN = 3 * _PACKED_MAX
+_PACKED_LEN = 2 * _PACKED_MAX
+#: The two bits that say a connection's direction in `PeerEntry.dirs`, and back.
+_CODE: Final = {_INBOUND: 0, _OUTBOUND: 1, _UNKNOWN: 2}
+_WAYS: Final = (_INBOUND, _OUTBOUND, _UNKNOWN, _UNKNOWN)
+#: The low bit of every connection's pair in `PeerEntry.dirs`: set for outbound ones.
+_OUTBOUND_BITS: Final = int("01" * _PACKED_MAX, 2)
+#: How many distinct tuples of tag names a table shares between its peers (see `_names_of`).
+_NAME_TUPLES = 4096
 
 
 class PeerEntry:
     """One peer: its connections, tags and value. Implements `Candidate`.
 
     Connections live in `links`: up to `_PACKED_MAX` of them as a flat tuple
-    `(conn, opened, direction, conn, opened, direction, ...)`, replaced on every change
-    (connections never equal a number or a `Direction`, so a scan for a connection can only
-    stop at one); beyond that, a dict `{conn: (opened, direction)}`. The plain tags are two
-    parallel sequences, a tuple of names `tag_names` (replaced when a name comes or goes) and
-    a list of values `tag_values` (changed in place when a value changes); a peer with no tag
-    has `()` for both. Read them through the accessors below, never by slicing.
+    `(conn, opened, conn, opened, ...)`, replaced on every change (connections never equal a
+    number, so a scan for a connection can only stop at one), with their directions packed
+    in the int `dirs`, two bits per connection in the same order (`_CODE`; a peer with at
+    most four connections has a `dirs` below 256, an int Python shares); beyond that, a dict
+    `{conn: (opened, direction)}`, and `dirs` is then the number of outbound connections.
+    The plain tags are two parallel sequences, a tuple of names `tag_names` (replaced when a
+    name comes or goes, and shared between peers with the same names) and a tuple of values
+    `tag_values` (replaced when a value changes: a tuple of three costs 16 bytes less than a
+    list); a peer with no tag has `()` for both. Read them through the accessors below,
+    never by slicing.
 
     `streams` is the stream count the table read for the current trim (see
     `PeerTable.candidates`).
@@ -89,9 +99,9 @@ class PeerEntry:
 
     __slots__ = (
         "closing",
+        "dirs",
         "first_seen",
         "links",
-        "outbound",
         "peer",
         "seq",
         "streams",
@@ -105,10 +115,10 @@ class PeerEntry:
         self.first_seen = first_seen
         self.seq = seq
         self.links: tuple[Any, ...] | dict[Conn, tuple[float, Direction]] = ()
+        self.dirs = 0
         self.tag_names: tuple[str, ...] = ()
-        self.tag_values: list[int] = _NO_VALUES
+        self.tag_values: tuple[int, ...] = _NO_VALUES
         self.value = 0
-        self.outbound = 0
         self.closing = 0
         self.streams = 0
 
@@ -123,23 +133,32 @@ class PeerEntry:
     def conn_count(self) -> int:
         """Connections, those being closed included."""
         links = self.links
-        return len(links) // 3 if isinstance(links, tuple) else len(links)
+        return len(links) >> 1 if isinstance(links, tuple) else len(links)
 
     @property
     def open_conns(self) -> int:
         """Connections not being closed."""
         return self.conn_count - self.closing
 
+    @property
+    def outbound(self) -> int:
+        """Outbound connections, those being closed included."""
+        if isinstance(self.links, tuple):
+            return (self.dirs & _OUTBOUND_BITS).bit_count()
+        return self.dirs
+
     def conn_list(self) -> list[Conn]:
         """The connections, in the order they were added."""
         links = self.links
-        return list(links[::3]) if isinstance(links, tuple) else list(links)
+        return list(links[::2]) if isinstance(links, tuple) else list(links)
 
     def link_items(self) -> Iterator[tuple[Conn, float, Direction]]:
         """`(conn, opened, direction)` of each connection."""
         links = self.links
         if isinstance(links, tuple):
-            return zip(links[::3], links[1::3], links[2::3], strict=True)
+            dirs = self.dirs
+            ways = [_WAYS[(dirs >> at) & 3] for at in range(0, len(links), 2)]
+            return zip(links[::2], links[1::2], ways, strict=True)
         return ((conn, opened, way) for conn, (opened, way) in links.items())
 
     def has(self, conn: Conn) -> bool:
@@ -148,32 +167,43 @@ class PeerEntry:
     def direction_of(self, conn: Conn) -> Direction:
         links = self.links
         if isinstance(links, tuple):
-            return links[links.index(conn) + 2]  # type: ignore[no-any-return]
+            return _WAYS[(self.dirs >> links.index(conn)) & 3]
         return links[conn][1]
 
     def _add(self, conn: Conn, opened: float, direction: Direction) -> None:
         links = self.links
         if isinstance(links, tuple):
-            if len(links) < 3 * _PACKED_MAX:
-                self.links = links + (conn, opened, direction)  # noqa: RUF005 - one allocation
+            if len(links) < _PACKED_LEN:
+                self.dirs |= _CODE[direction] << len(links)
+                self.links = links + (conn, opened)  # noqa: RUF005 - one allocation
                 return
+            outbound = self.outbound
             links = {c: (o, d) for c, o, d in self.link_items()}
             self.links = links
+            self.dirs = outbound
         links[conn] = (opened, direction)
+        if direction is _OUTBOUND:
+            self.dirs += 1
 
     def _remove(self, conn: Conn) -> Direction:
         """Forgets a connection it holds; returns its direction."""
         links = self.links
         if isinstance(links, tuple):
-            if len(links) == 3:
-                self.links = ()
-                return links[2]  # type: ignore[no-any-return]
             at = links.index(conn)
-            self.links = links[:at] + links[at + 3 :]
-            return links[at + 2]  # type: ignore[no-any-return]
+            dirs = self.dirs
+            self.dirs = (dirs & ((1 << at) - 1)) | ((dirs >> (at + 2)) << at)
+            self.links = links[:at] + links[at + 2 :]
+            return _WAYS[(dirs >> at) & 3]
         direction = links.pop(conn)[1]
+        if direction is _OUTBOUND:
+            self.dirs -= 1
         if len(links) <= _PACKED_BACK:
-            self.links = tuple(item for c, (o, d) in links.items() for item in (c, o, d))
+            items = list(links.items())
+            self.links = tuple(item for c, (o, _) in items for item in (c, o))
+            dirs = 0
+            for at, (_, (_, way)) in enumerate(items):
+                dirs |= _CODE[way] << (2 * at)
+            self.dirs = dirs
         return direction
 
     # -- the Candidate view ------------------------------------------------------------
@@ -209,18 +239,23 @@ class PeerEntry:
 class Candidates:
     """The peers a trim may close now, decided from the state at one moment.
 
-    `eligible` are out of grace; `over_budget` are in grace beyond the grace budget (empty
-    without the bounded count), to be closed only after the eligible ones. `count` is the
-    number of connections they hold that are not being closed, `eligible_count` the part of
-    it the eligible hold. `next_grace_expiry` is the
-    earliest time a peer now keeping its grace becomes eligible (None if none does).
+    `eligible` are out of grace. `grace_count` counts the connections of the peers in grace
+    (neither protected nor being closed); when it exceeds the bounded count's grace budget,
+    `beyond_budget` is by how much and `in_grace` lists those peers: the policy chooses which
+    of them lose their grace, to be closed only after the eligible ones (otherwise, and
+    without the bounded count, `in_grace` is empty). `count` is the number of connections
+    the candidates hold that are not being closed, `eligible_count` the part of it the
+    eligible hold. `next_grace_expiry` is the earliest time a peer in grace becomes eligible
+    (None if none does).
     """
 
     eligible: list[PeerEntry]
-    over_budget: list[PeerEntry]
+    in_grace: list[PeerEntry]
     count: int
     eligible_count: int
     next_grace_expiry: float | None
+    grace_count: int = 0
+    beyond_budget: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -252,6 +287,7 @@ class PeerTable:
         self._protected: dict[PeerId, set[str]] = {}
         self._conns: dict[Conn, PeerEntry] = {}
         self._closing: set[Conn] = set()
+        self._name_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._schedules: dict[str, DecaySchedule] = {}
         self._outbound_total = 0
         self._unknown_total = 0
@@ -320,8 +356,12 @@ class PeerTable:
         return self._conns.get(conn)
 
     def peer_values(self) -> list[int]:
-        """The value of every peer with a connection."""
-        return [entry.value for entry in self._peers.values()]
+        """The value of every peer with a connection.
+
+        Safe to call from another thread (a metrics scrape): the entries are copied in one
+        step, so a peer that comes or goes meanwhile cannot break the iteration.
+        """
+        return [entry.value for entry in list(self._peers.values())]
 
     # -- connections ----------------------------------------------------------------------
 
@@ -338,12 +378,15 @@ class PeerTable:
             return None
         peer = conn.remote_peer
         direction = conn.direction
-        if direction is _OUTBOUND:
-            outbound = True
+        if direction is _INBOUND:
+            code = 0
+        elif direction is _OUTBOUND:
+            code = 1
+            self._outbound_total += 1
         else:
-            outbound = False
-            if direction is not _INBOUND:
-                direction = _UNKNOWN
+            direction = _UNKNOWN
+            code = 2
+            self._unknown_total += 1
         entry = self._peers.get(peer)
         if entry is None:
             entry = self._temp.pop(peer, None) if self._temp else None
@@ -353,18 +396,17 @@ class PeerTable:
             else:
                 entry.first_seen = now  # grace starts at the connection, not the early tag
             self._peers[peer] = entry
-            entry.links = (conn, now, direction)
+            entry.links = (conn, now)
+            entry.dirs = code
         else:
             links = entry.links
             if isinstance(links, tuple) and len(links) < _PACKED_LEN:
-                entry.links = links + (conn, now, direction)  # noqa: RUF005 - one allocation
+                # `PeerEntry._add`, inline: this is the hot path
+                if code:
+                    entry.dirs |= code << len(links)
+                entry.links = links + (conn, now)  # noqa: RUF005 - one allocation
             else:
                 entry._add(conn, now, direction)
-        if outbound:
-            entry.outbound += 1
-            self._outbound_total += 1
-        elif direction is _UNKNOWN:
-            self._unknown_total += 1
         conns[conn] = entry
         return entry
 
@@ -376,13 +418,19 @@ class PeerTable:
             return None
         links = entry.links
         if isinstance(links, tuple):  # `PeerEntry._remove`, inline: this is the hot path
-            if len(links) == 3:
-                direction = links[2]
+            if len(links) == 2:
+                direction = _WAYS[entry.dirs]
                 entry.links = ()
+                entry.dirs = 0
             else:
                 at = links.index(conn)
-                direction = links[at + 2]
-                entry.links = links[:at] + links[at + 3 :]
+                dirs = entry.dirs
+                if dirs:
+                    direction = _WAYS[(dirs >> at) & 3]
+                    entry.dirs = (dirs & ((1 << at) - 1)) | ((dirs >> (at + 2)) << at)
+                else:
+                    direction = _INBOUND
+                entry.links = links[:at] + links[at + 2 :]
         else:
             direction = entry._remove(conn)
         closing = bool(entry.closing) and conn in self._closing
@@ -390,7 +438,6 @@ class PeerTable:
             self._closing.discard(conn)
             entry.closing -= 1
         if direction is _OUTBOUND:
-            entry.outbound -= 1
             self._outbound_total -= 1
             if closing:
                 self._closing_outbound -= 1
@@ -410,6 +457,8 @@ class PeerTable:
         closing = self._closing
         table = self._conns
         marked: list[Conn] = []
+        any_unknown = bool(self._unknown_total)
+        outbound = unknown = 0
         for conn in conns:
             entry = table.get(conn)
             if entry is None or conn in closing:
@@ -417,8 +466,19 @@ class PeerTable:
             closing.add(conn)
             entry.closing += 1
             marked.append(conn)
-            if entry.outbound or self._unknown_total:
-                self._count_closing(entry, conn, 1)
+            dirs = entry.dirs
+            if dirs or any_unknown:  # `_count_closing`, inline: a trim marks thousands
+                links = entry.links
+                if isinstance(links, tuple):
+                    code = (dirs >> links.index(conn)) & 3
+                else:
+                    code = _CODE[links[conn][1]]
+                if code == 1:
+                    outbound += 1
+                elif code:
+                    unknown += 1
+        self._closing_outbound += outbound
+        self._closing_unknown += unknown
         return marked
 
     def unmark_closing(self, conn: Conn) -> bool:
@@ -428,9 +488,35 @@ class PeerTable:
         self._closing.discard(conn)
         entry = self._conns[conn]
         entry.closing -= 1
-        if entry.outbound or self._unknown_total:
+        if entry.dirs or self._unknown_total:
             self._count_closing(entry, conn, -1)
         return True
+
+    def unmark_many(self, conns: Iterable[Conn]) -> None:
+        """`unmark_closing` of each connection (the closes a trim never started)."""
+        closing = self._closing
+        table = self._conns
+        any_unknown = bool(self._unknown_total)
+        outbound = unknown = 0
+        for conn in conns:
+            if conn not in closing:
+                continue
+            closing.discard(conn)
+            entry = table[conn]
+            entry.closing -= 1
+            dirs = entry.dirs
+            if dirs or any_unknown:
+                links = entry.links
+                if isinstance(links, tuple):
+                    code = (dirs >> links.index(conn)) & 3
+                else:
+                    code = _CODE[links[conn][1]]
+                if code == 1:
+                    outbound += 1
+                elif code:
+                    unknown += 1
+        self._closing_outbound -= outbound
+        self._closing_unknown -= unknown
 
     def _count_closing(self, entry: PeerEntry, conn: Conn, delta: int) -> None:
         direction = entry.direction_of(conn)
@@ -479,14 +565,25 @@ class PeerTable:
             values = entry.tag_values
             at = names.index(tag)
             entry.value += value - values[at]
-            values[at] = value
+            entry.tag_values = (*values[:at], value, *values[at + 1 :])
         else:
-            # New sequences of exactly the new size: `append` and `[*values, value]` would
-            # over-allocate the list (room for 8 once it holds 2), and peers keep few tags.
-            entry.tag_names = names + (tag,)  # noqa: RUF005 - one allocation, not two
-            entry.tag_values = entry.tag_values + [value] if names else [value]  # noqa: RUF005
+            entry.tag_names = self._names_of(names + (tag,))  # noqa: RUF005 - one allocation
+            entry.tag_values = entry.tag_values + (value,)  # noqa: RUF005
             entry.value += value
         return created
+
+    def _names_of(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """One shared tuple for each combination of tag names (up to `_NAME_TUPLES`).
+
+        Peers tagged by the same protocols hold equal tuples of names: shared, they cost a
+        pointer each instead of a tuple each (32 bytes a connection in M4).
+        """
+        shared = self._name_tuples.get(names)
+        if shared is not None:
+            return shared
+        if len(self._name_tuples) < _NAME_TUPLES:
+            self._name_tuples[names] = names
+        return names
 
     def untag_peer(self, peer: PeerId, tag: str) -> None:
         entry = self.lookup(peer)
@@ -500,8 +597,8 @@ class PeerTable:
                     entry.tag_names = ()
                     entry.tag_values = _NO_VALUES
                 else:
-                    entry.tag_names = names[:at] + names[at + 1 :]
-                    del values[at]
+                    entry.tag_names = self._names_of(names[:at] + names[at + 1 :])
+                    entry.tag_values = values[:at] + values[at + 1 :]
 
     def upsert_tag(self, peer: PeerId, tag: str, fn: Callable[[int], int], now: Now) -> bool:
         """Sets the tag to `fn(current value or 0)`; True if it created a temporary entry.
@@ -526,10 +623,10 @@ class PeerTable:
         values = entry.tag_values
         if at >= 0:
             entry.value += new - values[at]
-            values[at] = new
+            entry.tag_values = (*values[:at], new, *values[at + 1 :])
         else:  # as in `tag_peer`
-            entry.tag_names = names + (tag,)  # noqa: RUF005
-            entry.tag_values = values + [new] if names else [new]  # noqa: RUF005
+            entry.tag_names = self._names_of(names + (tag,))  # noqa: RUF005
+            entry.tag_values = values + (new,)  # noqa: RUF005
             entry.value += new
         return False
 
@@ -720,30 +817,27 @@ class PeerTable:
                 continue
             if entry in protected:
                 continue
-            open_conns = entry.open_conns
+            links = entry.links  # `entry.open_conns`, inline: this runs for every peer
+            open_conns = (len(links) >> 1 if type(links) is tuple else len(links)) - entry.closing
             if open_conns <= 0:
                 continue
             eligible.append(entry)
             count += open_conns
         eligible_count = count
-        over_budget: list[PeerEntry] = []
-        keeping = in_grace
-        budget = self.grace_budget
-        if budget is not None and in_grace:
-            # The oldest in grace keep it, up to `budget` connections; the rest are candidates.
-            in_grace.sort(key=_first_seen_and_seq)
-            kept = 0
-            for at, entry in enumerate(in_grace):
-                kept += entry.open_conns
-                if kept > budget:
-                    keeping, over_budget = in_grace[:at], in_grace[at:]
-                    break
-            count += sum(entry.open_conns for entry in over_budget)
-        next_grace = min((entry.first_seen for entry in keeping), default=None)
-        self._read_streams(eligible)
-        self._read_streams(over_budget)
+        grace_count = sum(entry.open_conns for entry in in_grace)
+        next_grace = min((entry.first_seen for entry in in_grace), default=None)
         expiry = None if next_grace is None else next_grace + grace
-        return Candidates(eligible, over_budget, count, eligible_count, expiry)
+        budget = self.grace_budget
+        beyond = 0 if budget is None else grace_count - budget
+        if beyond > 0:
+            # More in grace than the budget: which of them lose it is the policy's choice.
+            count += grace_count
+        else:
+            beyond = 0
+            in_grace = []
+        self._read_streams(eligible)
+        self._read_streams(in_grace)
+        return Candidates(eligible, in_grace, count, eligible_count, expiry, grace_count, beyond)
 
     def _read_streams(self, entries: list[PeerEntry]) -> None:
         """`entry.streams` of each entry: the sum over its connections, read once.
@@ -753,7 +847,7 @@ class PeerTable:
         """
         for entry in entries:
             links = entry.links
-            conns = links[::3] if isinstance(links, tuple) else links
+            conns = links[::2] if isinstance(links, tuple) else links
             try:
                 streams = sum(map(_STREAMS, conns))
             except Exception:
@@ -803,6 +897,7 @@ class PeerTable:
         sizes: list[int] = []
         seen: set[int] = set()
         closing = self._closing
+        table = self._conns
         covered = 0
         if target <= 0:
             return Choice()
@@ -811,11 +906,16 @@ class PeerTable:
                 raise TypeError(
                     f"a policy must return the candidates it was given, not {type(entry).__name__}"
                 )
-            if id(entry) in seen or self._peers.get(entry.peer) is not entry:
-                continue
-            seen.add(id(entry))
             links = entry.links
-            closable: Sequence[Conn] = links[::3] if isinstance(links, tuple) else list(links)
+            if not links or id(entry) in seen:
+                continue  # gone since it was handed out, or given twice
+            if type(links) is tuple:
+                closable: Sequence[Conn] = links[::2]
+            else:
+                closable = list(links)
+            if table.get(closable[0]) is not entry:
+                continue  # not this table's (the test costs a hash of a conn, not of a peer)
+            seen.add(id(entry))
             if entry.closing:
                 closable = [conn for conn in closable if conn not in closing]
             if not closable:
@@ -883,10 +983,6 @@ class PeerTable:
             assert tags, "an empty protection set was kept"
 
 
-def _first_seen_and_seq(entry: PeerEntry) -> tuple[float, int]:
-    return entry.first_seen, entry.seq
-
-
 def _streams_or_zero(conn: Conn) -> int:
     try:
         streams = conn.num_streams
@@ -918,23 +1014,22 @@ def _check_layout(entry: PeerEntry) -> None:
     """The layouts of the connections and of the tags (see `PeerEntry`)."""
     links = entry.links
     if isinstance(links, tuple):
-        assert len(links) % 3 == 0, entry
-        assert len(links) <= 3 * _PACKED_MAX, entry
-        conns = links[::3]
-        assert all(isinstance(opened, (int, float)) for opened in links[1::3]), entry
-        assert all(isinstance(way, Direction) for way in links[2::3]), entry
+        assert len(links) % 2 == 0, entry
+        assert len(links) <= _PACKED_LEN, entry
+        conns = links[::2]
+        assert all(isinstance(opened, (int, float)) for opened in links[1::2]), entry
+        assert entry.dirs >> len(links) == 0, entry
+        assert all((entry.dirs >> at) & 3 != 3 for at in range(0, len(links), 2)), entry
         assert all(not isinstance(conn, (int, float, Direction)) for conn in conns), entry
         assert len({id(conn) for conn in conns}) == len(conns), f"{entry!r}: duplicate conn"
     else:
         assert type(links) is dict, entry
         assert len(links) > _PACKED_BACK, entry
+        assert entry.dirs == sum(1 for _, way in links.values() if way is _OUTBOUND), entry
     names, values = entry.tag_names, entry.tag_values
     assert type(names) is tuple, entry
     assert all(isinstance(name, str) and name for name in names), entry
     assert len(set(names)) == len(names), f"{entry!r}: duplicate tag"
-    if names:
-        assert type(values) is list, entry
-    else:
-        assert values is _NO_VALUES, entry
+    assert type(values) is tuple, entry
     assert len(values) == len(names), entry
     assert all(type(value) is int for value in values), entry

@@ -1,4 +1,5 @@
-"""The behaviour checklist, item by item, on asyncio and trio, with a fake clock.
+"""The behaviour checklist (docs/checklist.md), item by item, on asyncio and trio, with a
+fake clock.
 
 Each test names the checklist item it pins down. Decaying tags (items 20, 27 and the decay
 half of 28) are in test_decay.py.
@@ -676,27 +677,6 @@ async def test_aclose_applies_queued_notifications_and_stops_everything() -> Non
         await cm.aclose()
     assert len(anyio.get_running_tasks()) == before
     await cm.aclose()
-
-
-async def test_failing_upsert_changes_nothing() -> None:  # item 28
-    async with ConnManager(clock=FakeClock()) as cm:
-        open_conns(cm, ["p"])
-        await applied(cm)
-        cm.tag_peer("p", "t", 3)
-
-        def boom(value: int) -> int:
-            raise RuntimeError("bad callback")
-
-        with pytest.raises(RuntimeError, match="bad callback"):
-            cm.upsert_tag("p", "t", boom)
-        with pytest.raises(RuntimeError, match="bad callback"):
-            cm.upsert_tag("newcomer", "t", boom)
-        info = cm.get_tag_info("p")
-        assert info is not None
-        assert (info.value, dict(info.tags)) == (3, {"t": 3})
-        assert cm.get_tag_info("newcomer") is None
-        assert cm.get_info().running
-        cm._check_invariants()
 
 
 @pytest.mark.parametrize(

@@ -226,19 +226,6 @@ async def test_failing_decay_function_keeps_the_value(cm: ConnManager, clock: Fa
     assert info.loop_failures["decayer"] == 0
 
 
-async def test_failing_bump_function_reaches_the_caller(cm: ConnManager) -> None:  # item 28
-    def boom(value: DecayingValue, delta: int) -> int:
-        raise RuntimeError("bad bump")
-
-    tag = cm.register_decaying_tag("t", 1, decay_none(), boom)
-    with pytest.raises(RuntimeError, match="bad bump"):
-        tag.bump("p", 1)
-    with pytest.raises(RuntimeError, match="bad bump"):
-        tag.bump("stranger", 1)
-    assert value_of(cm, "p") == 0
-    assert cm.get_tag_info("stranger") is None
-
-
 async def test_callbacks_may_call_back_into_the_manager(cm: ConnManager, clock: FakeClock) -> None:
     holder: list[DecayingTag] = []
 

@@ -8,8 +8,7 @@ and the table's own invariants (`_check_invariants()`), not merely that nothing 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import anyio
@@ -26,139 +25,24 @@ from asyncconnmgr import (
     bump_sum_unbounded,
     decay_none,
 )
-from asyncconnmgr.abc import Notifiee
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
-from .util import task_ids
+from .util import (
+    CLOSE_TIMEOUT,
+    Boom,
+    Gate,
+    assert_holds,
+    connect,
+    fail,
+    guarded,
+    hang,
+    held_conns,
+    releasing,
+    reporting,
+    running,
+)
 
 pytestmark = pytest.mark.anyio
-
-
-# --- helpers ---------------------------------------------------------------------------------
-
-CLOSE_TIMEOUT = 5.0
-
-
-#: A real-time bound on each test, so that a defect shows as a failure rather than a hang.
-#: Nothing waits for it: every timer in these tests runs on the FakeClock.
-HANG_GUARD = 30.0
-
-
-@contextmanager
-def releasing(clock: FakeClock, *gates: Gate) -> Iterator[None]:
-    """If the body fails, opens the gates and moves the clock far ahead.
-
-    A failed assertion must not leave a shielded close waiting for ever (the task group or
-    aclose() that waits for it would hang instead of reporting the failure).
-    """
-    try:
-        yield
-    except BaseException:
-        for gate in gates:
-            gate.released.set()
-        clock.advance(3600)
-        raise
-
-
-@asynccontextmanager
-async def guarded(
-    manager: ConnManager, clock: FakeClock, *gates: Gate
-) -> AsyncIterator[ConnManager]:
-    """Runs `manager`; on exit, checks that it left no task behind.
-
-    If the body fails, `releasing` lets aclose() (which waits for started closes) finish,
-    so that the failure is reported.
-    """
-    before = task_ids()
-    with anyio.fail_after(HANG_GUARD):
-        async with manager:
-            with releasing(clock, *gates):
-                yield manager
-            manager._check_invariants()
-    assert task_ids() == before, "the manager left a task running"
-    manager._check_invariants()
-
-
-@asynccontextmanager
-async def running(
-    clock: FakeClock, *gates: Gate, low_water: int = 0, high_water: int = 1000, **config: Any
-) -> AsyncIterator[ConnManager]:
-    """A running manager with explicit-trim-friendly defaults (see `guarded`)."""
-    config.setdefault("grace_period", 0)
-    config.setdefault("silence_period", 1)
-    config.setdefault("close_timeout", CLOSE_TIMEOUT)
-    manager = ConnManager(low_water=low_water, high_water=high_water, clock=clock, **config)
-    async with guarded(manager, clock, *gates):
-        yield manager
-
-
-async def connect(manager: ConnManager, *conns: FakeConn) -> None:
-    notifiee = manager.notifee()
-    for conn in conns:
-        notifiee.connected(conn)
-    await manager.flush()
-
-
-def open_conns(manager: ConnManager, peers: Iterable[Hashable]) -> set[FakeConn]:
-    """The connections the manager holds for `peers`, read through the public API."""
-    held: set[FakeConn] = set()
-    for peer in peers:
-        info = manager.get_tag_info(peer)
-        if info is not None:
-            for conn in info.conns:
-                assert isinstance(conn, FakeConn)
-                held.add(conn)
-    return held
-
-
-def assert_holds(manager: ConnManager, expected: Iterable[FakeConn]) -> None:
-    """The manager counts exactly `expected` as open, and is consistent."""
-    expected = set(expected)
-    peers = {conn.remote_peer for conn in expected}
-    info = manager.get_info()
-    assert info.conn_count == len(expected), (info.conn_count, len(expected))
-    assert info.closing_count == 0
-    assert info.peer_count == len(peers)
-    assert open_conns(manager, peers) == expected
-    manager._check_invariants()
-
-
-class Gate:
-    """A close hook that blocks until released, recording what happened to each call."""
-
-    def __init__(self) -> None:
-        self.released = anyio.Event()
-        self.started: list[FakeConn] = []
-        self.cancelled: list[FakeConn] = []
-
-    async def hook(self, conn: FakeConn) -> None:
-        self.started.append(conn)
-        try:
-            await self.released.wait()
-        except anyio.get_cancelled_exc_class():
-            self.cancelled.append(conn)
-            raise
-
-
-async def fail(conn: FakeConn) -> None:
-    raise ConnectionError(f"cannot close {conn.remote_peer}")
-
-
-async def hang(conn: FakeConn) -> None:
-    await anyio.sleep_forever()
-
-
-def reporting(
-    notifiee: Notifiee, then: Callable[[FakeConn], Awaitable[None]] | None = None
-) -> Callable[[FakeConn], Awaitable[None]]:
-    """A close hook that reports `disconnected` synchronously, then runs `then`."""
-
-    async def hook(conn: FakeConn) -> None:
-        notifiee.disconnected(conn)
-        if then is not None:
-            await then(conn)
-
-    return hook
 
 
 # --- closes that fail ------------------------------------------------------------------------
@@ -460,10 +344,6 @@ async def test_connected_queued_before_an_early_tag_expires_keeps_the_tag() -> N
 
 
 # --- user callbacks that misbehave --------------------------------------------------------------
-
-
-class Boom(Exception):
-    pass
 
 
 async def test_upsert_function_that_raises() -> None:
@@ -979,7 +859,7 @@ async def test_aclose_during_a_flood_of_notifications() -> None:
     assert info.conn_count + info.ignored_notifications == len(pushed)
     assert info.conn_count >= at_aclose, "a notification queued before aclose() was dropped"
     assert info.queued_notifications == 0
-    assert open_conns(manager, range(len(pushed))) == set(pushed[: info.conn_count])
+    assert held_conns(manager, range(len(pushed))) == set(pushed[: info.conn_count])
     manager._check_invariants()
 
 

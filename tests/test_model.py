@@ -56,7 +56,7 @@ from asyncconnmgr import (
 )
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
-from .util import task_ids
+from .util import Boom, task_ids
 
 pytestmark = pytest.mark.anyio
 
@@ -461,10 +461,6 @@ class Model:
 
 
 # --- the harness -------------------------------------------------------------------------------
-
-
-class Boom(Exception):
-    """What misbehaving user code raises on purpose."""
 
 
 class RecordingPolicy:

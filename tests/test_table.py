@@ -176,7 +176,7 @@ class TableMachine(RuleBasedStateMachine):
                 candidates.append((peer, model, open_conns))
                 eligible += len(open_conns)
         assert found.count == found.eligible_count == eligible
-        assert found.over_budget == []
+        assert found.in_grace == []
         target = max(eligible - low_water, 0)
 
         def key(item: tuple[str, ModelPeer, list[FakeConn]]) -> tuple[object, ...]:
