@@ -83,7 +83,6 @@ import attrs
 
 from ._clock import AnyioClock
 from ._config import check_seconds
-from ._manager import ConnManager as _ConcreteManager
 from .abc import Clock, ConnManager, Direction, Notifiee
 
 try:
@@ -822,14 +821,10 @@ def attach(
 
 
 def _clock_of(manager: ConnManager) -> Clock:
-    """The manager's clock, so that the adapter's timers run on it too (a `FakeClock` in
-    tests drives both)."""
+    """The manager's clock (`asyncconnmgr.ConnManager.clock`), so that the adapter's timers
+    run on it too and a `FakeClock` in tests drives both; anyio's for a manager without one."""
     clock = getattr(manager, "clock", None)
-    if isinstance(clock, Clock):
-        return clock
-    if isinstance(manager, _ConcreteManager):
-        return manager._clock
-    return AnyioClock()
+    return clock if isinstance(clock, Clock) else AnyioClock()
 
 
 def _warn_about_inbound_slots(network: Swarm, *, stacklevel: int) -> None:
