@@ -47,7 +47,7 @@ def available_policies() -> tuple[str, ...]:
 def _policy_object(name: str, seed: int) -> object:
     if name == "default":
         return DefaultPolicy()
-    cls: Any = asyncconnmgr.DiversityPolicy  # type: ignore[attr-defined]
+    cls: Any = asyncconnmgr.DiversityPolicy
     if "secret" in inspect.signature(cls).parameters:
         # A secret fixed by the seed, so that a run can be repeated.
         return cls(secret=f"asyncconnmgr.sim:{seed}".encode())
