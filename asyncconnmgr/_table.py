@@ -161,15 +161,6 @@ class PeerEntry:
             return zip(links[::2], links[1::2], ways, strict=True)
         return ((conn, opened, way) for conn, (opened, way) in links.items())
 
-    def has(self, conn: Conn) -> bool:
-        return conn in self.links
-
-    def direction_of(self, conn: Conn) -> Direction:
-        links = self.links
-        if isinstance(links, tuple):
-            return _WAYS[(self.dirs >> links.index(conn)) & 3]
-        return links[conn][1]
-
     def _add(self, conn: Conn, opened: float, direction: Direction) -> None:
         links = self.links
         if isinstance(links, tuple):
@@ -466,13 +457,8 @@ class PeerTable:
             closing.add(conn)
             entry.closing += 1
             marked.append(conn)
-            dirs = entry.dirs
-            if dirs or any_unknown:  # `_count_closing`, inline: a trim marks thousands
-                links = entry.links
-                if isinstance(links, tuple):
-                    code = (dirs >> links.index(conn)) & 3
-                else:
-                    code = _CODE[links[conn][1]]
+            if entry.dirs or any_unknown:  # all inbound needs no direction bookkeeping
+                code = _code_of(entry, conn)
                 if code == 1:
                     outbound += 1
                 elif code:
@@ -485,11 +471,7 @@ class PeerTable:
         """Puts back a connection whose close did not happen (failed, timed out, cut short)."""
         if conn not in self._closing:
             return False
-        self._closing.discard(conn)
-        entry = self._conns[conn]
-        entry.closing -= 1
-        if entry.dirs or self._unknown_total:
-            self._count_closing(entry, conn, -1)
+        self.unmark_many((conn,))
         return True
 
     def unmark_many(self, conns: Iterable[Conn]) -> None:
@@ -504,26 +486,14 @@ class PeerTable:
             closing.discard(conn)
             entry = table[conn]
             entry.closing -= 1
-            dirs = entry.dirs
-            if dirs or any_unknown:
-                links = entry.links
-                if isinstance(links, tuple):
-                    code = (dirs >> links.index(conn)) & 3
-                else:
-                    code = _CODE[links[conn][1]]
+            if entry.dirs or any_unknown:
+                code = _code_of(entry, conn)
                 if code == 1:
                     outbound += 1
                 elif code:
                     unknown += 1
         self._closing_outbound -= outbound
         self._closing_unknown -= unknown
-
-    def _count_closing(self, entry: PeerEntry, conn: Conn, delta: int) -> None:
-        direction = entry.direction_of(conn)
-        if direction is _OUTBOUND:
-            self._closing_outbound += delta
-        elif direction is _UNKNOWN:
-            self._closing_unknown += delta
 
     def is_closing(self, conn: Conn) -> bool:
         return conn in self._closing
@@ -1033,3 +1003,11 @@ def _check_layout(entry: PeerEntry) -> None:
     assert type(values) is tuple, entry
     assert len(values) == len(names), entry
     assert all(type(value) is int for value in values), entry
+
+
+def _code_of(entry: PeerEntry, conn: Conn) -> int:
+    """The two-bit direction code of one of the entry's connections (see `PeerEntry.dirs`)."""
+    links = entry.links
+    if isinstance(links, tuple):
+        return (entry.dirs >> links.index(conn)) & 3
+    return _CODE[links[conn][1]]
