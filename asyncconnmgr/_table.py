@@ -779,22 +779,21 @@ class PeerTable:
         cutoff = now - grace
         eligible: list[PeerEntry] = []
         in_grace: list[PeerEntry] = []
-        count = 0
+        count = grace_count = 0
         for entry in peers.values():
-            if entry.first_seen > cutoff:
-                if entry not in protected and entry.open_conns > 0:
-                    in_grace.append(entry)
-                continue
             if entry in protected:
                 continue
             links = entry.links  # `entry.open_conns`, inline: this runs for every peer
             open_conns = (len(links) >> 1 if type(links) is tuple else len(links)) - entry.closing
             if open_conns <= 0:
                 continue
-            eligible.append(entry)
-            count += open_conns
+            if entry.first_seen > cutoff:
+                in_grace.append(entry)
+                grace_count += open_conns
+            else:
+                eligible.append(entry)
+                count += open_conns
         eligible_count = count
-        grace_count = sum(entry.open_conns for entry in in_grace)
         next_grace = min((entry.first_seen for entry in in_grace), default=None)
         expiry = None if next_grace is None else next_grace + grace
         budget = self.grace_budget
