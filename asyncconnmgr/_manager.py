@@ -834,7 +834,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         now = self._now()
         previous_trim = self._last_trim
         self._last_trim = now
-        self._trims[trigger] = self._trims.get(trigger, 0) + 1
+        self._trims[trigger] += 1
         temporary_removed = table.reap_temporary(now)
         candidates, target, choice, reasons = self._plan(now)
         # Nothing to close: the next background trim waits for the first grace period to
