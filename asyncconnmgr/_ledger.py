@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from typing import Final
+from weakref import getweakrefcount
 
 from ._table import PeerEntry, PeerTable
 from .abc import Conn
@@ -47,21 +48,26 @@ def _consume(iterator: Iterator[object]) -> None:
 class ConnMemory:
     """A bounded set of connections that keeps none of them alive (where it can).
 
-    `_weak` maps `id(conn)` to a weak reference to `conn`: a hit counts only if the
-    reference still points at the very object (an id can be reused once its object is gone).
-    `_ring` holds the ids in the order they came, `limit` at most; each addition beyond the
-    limit overwrites the oldest slot and forgets that id (and its reference, dead or not). So
-    an addition is O(1) and, once full, the memory held stays the same however many
-    connections pass through. Objects that cannot be weakly referenced go to `_strong`, a
-    dict kept under the same bound.
+    `_live` holds a weak reference to each remembered connection still alive. Every
+    reference is made with `_live.discard` as its callback, so a connection's death takes
+    its reference out at once (in C, with no Python frame): what the memory holds follows
+    the remembered connections still alive, not how many have passed through. `_ring` holds
+    the references of the last `limit` additions, in the order they came; each addition
+    beyond the limit overwrites the oldest slot and forgets its connection. So an addition is
+    O(1), and once the ring is full its size stays the same however many connections pass
+    through. Objects that cannot be weakly referenced go to `_strong`, a dict kept under the
+    same bound.
+
+    A reference compares as its connection while both are alive, so membership is the
+    table's own (a connection is a dict key there too).
     """
 
-    __slots__ = ("_limit", "_next", "_ring", "_strong", "_weak")
+    __slots__ = ("_limit", "_live", "_next", "_ring", "_strong")
 
     def __init__(self, limit: int) -> None:
-        self._weak: dict[int, weakref.ref[Conn]] = {}
+        self._live: set[weakref.ref[Conn]] = set()
         self._strong: dict[Conn, None] = {}
-        self._ring: list[int] = []
+        self._ring: list[weakref.ref[Conn]] = []
         self._limit = limit
         self._next = 0
 
@@ -71,23 +77,21 @@ class ConnMemory:
     def add_many(self, conns: Sequence[Conn]) -> None:
         """Remembers connections (the per-item work is in C: this runs for every
         `disconnected` the host reports)."""
+        forget = self._live.discard
         try:
-            refs = list(map(weakref.ref, conns))
+            refs = list(map(weakref.ref, conns, repeat(forget)))
         except TypeError:  # some cannot be weakly referenced: the strong memory takes them
             weakable = [conn for conn in conns if _weakable(conn)]
             for conn in conns:
                 if not _weakable(conn):
                     self._add_strong(conn)
-            conns = weakable
-            refs = list(map(weakref.ref, conns))
-        ids = list(map(id, conns))
-        self._weak.update(zip(ids, refs, strict=True))
-        # One slot per addition, even for an id already known (its object died and the id
-        # was reused): the ring fills at the pace of the churn, so the memory held stops
-        # growing after `limit` additions. Evicting a slot forgets its id, so a reused id
-        # may be forgotten before `limit` newer additions; never a live one that was added
-        # only once.
-        self._track(ids)
+            refs = list(map(weakref.ref, weakable, repeat(forget)))
+        self._live.update(refs)
+        # One slot per addition, even for a connection already remembered: the ring fills
+        # at the pace of the churn. Evicting a slot forgets its connection, so one added
+        # twice may be forgotten before `limit` newer additions; never a live one that was
+        # added only once.
+        self._track(refs)
 
     def _add_strong(self, conn: Conn) -> None:
         strong = self._strong
@@ -97,27 +101,27 @@ class ConnMemory:
             del strong[next(iter(strong))]
         strong[conn] = None
 
-    def _track(self, ids: list[int]) -> None:
+    def _track(self, refs: list[weakref.ref[Conn]]) -> None:
         ring = self._ring
         room = self._limit - len(ring)
         if room > 0:
-            ring.extend(ids[:room])
-            ids = ids[room:]
-        known = self._weak
+            ring.extend(refs[:room])
+            refs = refs[room:]
+        forget = self._live.discard
         at = self._next
-        while ids:
-            chunk = ids[: self._limit - at]
+        while refs:
+            chunk = refs[: self._limit - at]
             end = at + len(chunk)
             evicted = ring[at:end]
             ring[at:end] = chunk
-            _consume(map(known.pop, evicted, repeat(None)))
-            ids = ids[len(chunk) :]
+            _consume(map(forget, evicted))
+            refs = refs[len(chunk) :]
             at = end if end < self._limit else 0
         self._next = at
 
     def __contains__(self, conn: object) -> bool:
-        ref = self._weak.get(id(conn))
-        if ref is not None and ref() is conn:
+        live = self._live
+        if live and getweakrefcount(conn) and weakref.ref(conn) in live:
             return True
         return bool(self._strong) and conn in self._strong
 
@@ -127,22 +131,23 @@ class ConnMemory:
         Its ring slot is left to be overwritten in turn (the manager discards only
         confirmations of its own closes, and a closed connection is never closed again).
         """
-        key = id(conn)
-        ref = self._weak.get(key)
-        if ref is not None and ref() is conn:
-            del self._weak[key]
-            return True
+        live = self._live
+        if live and getweakrefcount(conn):  # zero for an object that cannot have any
+            ref = weakref.ref(conn)
+            if ref in live:
+                live.remove(ref)
+                return True
         return self._strong.pop(conn, False) is None
 
     def __bool__(self) -> bool:
-        return bool(self._weak) or bool(self._strong)
+        return bool(self._live) or bool(self._strong)
 
     def __len__(self) -> int:
-        return sum(1 for ref in self._weak.values() if ref() is not None) + len(self._strong)
+        return len(self._live) + len(self._strong)
 
     def alive(self) -> list[Conn]:
         """The remembered connections still alive; for tests."""
-        live = [ref() for ref in self._weak.values()]
+        live = [ref() for ref in self._live]
         return [conn for conn in live if conn is not None] + list(self._strong)
 
 
@@ -179,8 +184,10 @@ class Ledger:
         remove_conn = table.remove_conn
         ended = self.ended
         # `conn in ended`, inline (see `ConnMemory.__contains__`): this runs per `connected`.
-        weak = ended._weak
+        live = ended._live
         strong = ended._strong
+        ref = weakref.ref
+        weakrefs = getweakrefcount
         # Ended in this batch: not in `ended` yet, and must not get back in the table either.
         ended_now: dict[Conn, None] = {}
         cutoff = now - table.grace_period
@@ -190,11 +197,9 @@ class Ledger:
             connected, conn = popleft()
             try:
                 if connected:
-                    if weak:
-                        ref = weak.get(id(conn))
-                        if ref is not None and ref() is conn:
-                            self.ignore("connected after its disconnected", conn)
-                            continue
+                    if live and weakrefs(conn) and ref(conn) in live:
+                        self.ignore("connected after its disconnected", conn)
+                        continue
                     if (ended_now and conn in ended_now) or (strong and conn in strong):
                         self.ignore("connected after its disconnected", conn)
                         continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import random
+import tracemalloc
 import weakref
 from collections import deque
 
@@ -79,6 +80,34 @@ def test_a_reused_id_is_not_mistaken_for_the_dead_connection() -> None:
         del conn
         fresh = FakeConn("new")
         assert fresh not in memory
+
+
+def test_a_connection_that_dies_costs_the_memory_nothing_more() -> None:
+    # What a memory holds follows the remembered connections still alive. Before, a dead
+    # one stayed in the memory's index until its ring slot came round again, and how many
+    # such entries there were depended on how often CPython had reused an address: the same
+    # churn could leave a few or thousands of them, hundreds of KiB that came and went.
+    size = 4_096
+    memory = ConnMemory(size)
+
+    def batch_alive_at_once() -> None:  # distinct addresses, all dead once it returns
+        memory.add_many([FakeConn(i) for i in range(size)])
+
+    gc.collect()
+    tracemalloc.start()  # before anything is made: the frees of what it sees are counted
+    try:
+        batch_alive_at_once()  # brings every structure to its working size
+        for i in range(size):  # one at a time, each dead before the next: an address reused
+            memory.add(FakeConn(i))
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        batch_alive_at_once()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(memory) == 0
+    assert grown < size * 4, f"{grown} bytes kept for {size} dead connections"
 
 
 # --- the ledger's rules, under late, duplicate and out-of-order events ----------------------
