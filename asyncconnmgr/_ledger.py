@@ -7,7 +7,8 @@ applies both, and owns the rules that make them agree:
 - a connection that ended (reported disconnected, or closed by a trim) is remembered, so a
   late or repeated `connected` for the same object does not resurrect it;
 - a connection a trim closed is remembered until the host confirms it with `disconnected`,
-  which is then expected rather than counted as unknown;
+  which is then expected rather than counted as unknown (until then that memory is the
+  one that says it ended; the confirmation moves it to the memory of ended connections);
 - every notification that changes nothing (a duplicate, a late one, one for an unknown
   connection, one that raised, one after `aclose()`) is counted in `ignored`.
 
@@ -183,9 +184,13 @@ class Ledger:
         add_conn = table.add_conn
         remove_conn = table.remove_conn
         ended = self.ended
-        # `conn in ended`, inline (see `ConnMemory.__contains__`): this runs per `connected`.
+        # `conn in ended or conn in unconfirmed`, inline (see `ConnMemory.__contains__`):
+        # this runs per `connected`. A connection a trim closed is in `unconfirmed` only,
+        # until its `disconnected` moves it to `ended`.
         live = ended._live
+        closed_live = self.unconfirmed._live
         strong = ended._strong
+        closed_strong = self.unconfirmed._strong
         ref = weakref.ref
         weakrefs = getweakrefcount
         # Ended in this batch: not in `ended` yet, and must not get back in the table either.
@@ -197,11 +202,17 @@ class Ledger:
             connected, conn = popleft()
             try:
                 if connected:
-                    if live and weakrefs(conn) and ref(conn) in live:
-                        self.ignore("connected after its disconnected", conn)
-                        continue
-                    if (ended_now and conn in ended_now) or (strong and conn in strong):
-                        self.ignore("connected after its disconnected", conn)
+                    if (live or closed_live) and weakrefs(conn):
+                        known = ref(conn)
+                        if known in live or known in closed_live:
+                            self.ignore("connected after it ended", conn)
+                            continue
+                    if (
+                        (ended_now and conn in ended_now)
+                        or (strong and conn in strong)
+                        or (closed_strong and conn in closed_strong)
+                    ):
+                        self.ignore("connected after it ended", conn)
                         continue
                     entry = add_conn(conn, now)
                     if entry is None:
@@ -210,9 +221,10 @@ class Ledger:
                         self.regrown = True
                 elif remove_conn(conn) is not None:
                     ended_now[conn] = None
-                elif not self._confirmed(conn):
+                else:
                     ended_now[conn] = None
-                    self.ignore("disconnected for an unknown connection", conn)
+                    if not self._confirmed(conn):
+                        self.ignore("disconnected for an unknown connection", conn)
             except Exception:
                 self.ignored += 1
                 logger.exception("asyncconnmgr could not apply a notification for %r", conn)
@@ -241,13 +253,13 @@ class Ledger:
         return entry
 
     def settle(self) -> None:
-        """Moves the connections trims closed into the memories, in one batch (a trim may
-        close thousands at a stretch; nothing reads the memories until `apply`)."""
+        """Moves the connections trims closed into `unconfirmed`, in one batch (a trim may
+        close thousands at a stretch; nothing reads the memories until `apply`). They count
+        as ended while they are there: one memory, one weak reference each."""
         if self._recent:
             closed = list(self._recent)
             self._recent.clear()
             self.unconfirmed.add_many(closed)
-            self.ended.add_many(closed)
 
     def close_not_done(self, conn: Conn) -> None:
         """A close failed, timed out or was spared: `conn` stays, counted."""
