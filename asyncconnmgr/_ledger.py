@@ -175,7 +175,7 @@ class Ledger:
         self.ignored = 0
         self.regrown = False
         # Closed by the trim in flight, not yet in the memories (see `settle`).
-        self._recent: dict[Conn, None] = {}
+        self._recent: list[Conn] = []  # each once: it left the table
 
     def apply(self, items: deque[tuple[bool, Conn]], now: float) -> None:
         """Applies every notification in `items` (emptying it), in order, in one batch."""
@@ -249,7 +249,7 @@ class Ledger:
         `disconnected` for it is expected."""
         entry = self.table.remove_conn(conn)
         if entry is not None:
-            self._recent[conn] = None
+            self._recent.append(conn)
         return entry
 
     def settle(self) -> None:
@@ -257,8 +257,8 @@ class Ledger:
         close thousands at a stretch; nothing reads the memories until `apply`). They count
         as ended while they are there: one memory, one weak reference each."""
         if self._recent:
-            closed = list(self._recent)
-            self._recent.clear()
+            closed = self._recent
+            self._recent = []
             self.unconfirmed.add_many(closed)
 
     def close_not_done(self, conn: Conn) -> None:

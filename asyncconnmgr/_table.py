@@ -424,10 +424,14 @@ class PeerTable:
                 entry.links = links[:at] + links[at + 2 :]
         else:
             direction = entry._remove(conn)
-        closing = bool(entry.closing) and conn in self._closing
-        if closing:
-            self._closing.discard(conn)
-            entry.closing -= 1
+        closing = False
+        if entry.closing:  # one look at the set, not two: it is the slow part at scale
+            marked = self._closing
+            before = len(marked)
+            marked.discard(conn)
+            closing = len(marked) != before
+            if closing:
+                entry.closing -= 1
         if direction is _OUTBOUND:
             self._outbound_total -= 1
             if closing:
