@@ -9,8 +9,11 @@ from typing import Any
 import anyio
 import pytest
 
-from asyncconnmgr import sim
+from asyncconnmgr import ConnManager, sim
 from asyncconnmgr.sim.__main__ import main, parse_assignment
+from asyncconnmgr.sim._run import AttackersFirst
+from asyncconnmgr.sim._world import ATTACKER_PREFIX
+from asyncconnmgr.testing import FakeClock, FakeConn
 
 from .util import task_ids
 
@@ -84,6 +87,7 @@ def _check_ranges(f: sim.Figures) -> None:
     assert 0 <= f.honest_groups_min <= f.honest_groups_end <= f.honest_end
     assert f.eclipsed == (f.honest_min == 0)
     assert f.attacker_share_worst >= f.attacker_share_end
+    assert f.attacker_share_worst >= f.attacker_share_mean >= 0
     assert f.hv_mean >= 0
 
 
@@ -104,9 +108,41 @@ async def test_each_scenario_runs_with_figures_in_range(name: str, policy: str) 
         assert f.ceiling is not None
     if name == "churn":
         assert f.attacker_conns == 0
-        assert f.attacker_share_worst == 0.0
+        assert f.attacker_share_worst == f.attacker_share_mean == 0.0
     else:
         assert f.attacker_conns > 0
+
+
+@pytest.mark.anyio
+async def test_the_oracle_closes_every_attacker_first() -> None:
+    # The attackers are the most valuable peers here: the default order would keep them.
+    clock = FakeClock()
+    async with ConnManager(
+        low_water=2, high_water=3, grace_period=0, clock=clock, policy=AttackersFirst()
+    ) as manager:
+        peers = ["h0", f"{ATTACKER_PREFIX}0", "h1", f"{ATTACKER_PREFIX}1"]
+        for peer in peers:
+            manager.notifee().connected(FakeConn(peer))
+            if peer.startswith(ATTACKER_PREFIX):
+                manager.tag_peer(peer, "useful", 100)
+        await manager.flush()
+        result = await manager.trim_open_conns()
+    # Among the attackers, the default order: the youngest first.
+    assert [victim.peer for victim in result.victims] == [
+        f"{ATTACKER_PREFIX}1",
+        f"{ATTACKER_PREFIX}0",
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_mean_share_follows_the_whole_run() -> None:
+    # Patient attackers that look honest take the default order's slots; the oracle shows
+    # what a victim order could keep them to, and the mean says it over the whole run.
+    default = await sim.run_async(SHORT["mimic"], "default")
+    oracle = await sim.run_async(SHORT["mimic"], "oracle")
+    assert (oracle.bounded_count, oracle.policy) == (True, "oracle")
+    assert oracle.attacker_share_mean < default.attacker_share_mean / 2
+    assert oracle.attacker_share_worst <= default.attacker_share_worst
 
 
 @pytest.mark.anyio

@@ -38,9 +38,10 @@ Scenarios (`SCENARIOS`; parameters in `Scenario`):
   Peer-to-Peer Network", arXiv 2601.16560).
 
 Policies (`available_policies()`): "default" (`DefaultPolicy`), "diversity"
-(`DiversityPolicy`, where this version of the package has it), and "libp2p" (py-libp2p
+(`DiversityPolicy`, where this version of the package has it), "libp2p" (py-libp2p
 0.8.1's pruner: see `asyncconnmgr.sim._libp2p` for its rules and where the simulation
-differs). Each run reports `Figures`.
+differs) and "oracle" (a yardstick that knows the attackers and closes them first: the best
+any victim order could do). Each run reports `Figures`.
 """
 
 from __future__ import annotations

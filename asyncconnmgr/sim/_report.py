@@ -48,8 +48,10 @@ class Figures:
     IPv6 /32) they came from; `eclipsed` is true if at some moment not one honest
     unprotected peer was connected.
 
-    Attackers: `attacker_share_end` and `attacker_share_worst` are their share of the slots
-    at the end and at worst; `attacker_conns` how many connections they opened.
+    Attackers: `attacker_share_end`, `attacker_share_mean` and `attacker_share_worst` are
+    their share of the slots at the end, on average over the measured time (weighted by how
+    long each state lasted) and at worst; `attacker_conns` how many connections they opened.
+    The share at one moment swings with where it falls between two trims; the mean does not.
 
     `wall_seconds` is the run's real duration (it takes no part in comparisons).
     """
@@ -86,6 +88,7 @@ class Figures:
     honest_groups_min: int
     eclipsed: bool
     attacker_share_end: float
+    attacker_share_mean: float
     attacker_share_worst: float
     attacker_conns: int
     wall_seconds: float = attrs.field(default=0.0, eq=False)
@@ -123,6 +126,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("closes/min", "closes_per_min", "f1"),
     ("hv kept", "hv_kept", "pct"),
     ("atk end", "attacker_share_end", "pct"),
+    ("atk mean", "attacker_share_mean", "pct"),
     ("atk worst", "attacker_share_worst", "pct"),
     ("/16s end", "honest_groups_end", "int"),
     ("/16s min", "honest_groups_min", "int"),

@@ -11,11 +11,11 @@ import anyio
 
 import asyncconnmgr
 
-from .. import ConnManager, DefaultPolicy
+from .. import Candidate, ConnManager, DefaultPolicy, default_key
 from ..testing import FakeClock
 from ._report import Figures
 from ._scenarios import SCENARIOS, Scenario
-from ._world import World, drive_clock
+from ._world import ATTACKER_PREFIX, World, drive_clock
 
 __all__ = [
     "BOUNDED_COUNT_SETTINGS",
@@ -35,18 +35,47 @@ MANAGER_SETTINGS: tuple[str, ...] = (*BOUNDED_COUNT_SETTINGS, "close_concurrency
 
 def available_policies() -> tuple[str, ...]:
     """The policies this installation can compare: "default" (`DefaultPolicy`),
-    "diversity" (`DiversityPolicy`, where the package has it) and "libp2p" (py-libp2p
-    0.8.1's pruner rules, re-implemented here; py-libp2p itself is not needed)."""
+    "diversity" (`DiversityPolicy`, where the package has it), "libp2p" (py-libp2p
+    0.8.1's pruner rules, re-implemented here; py-libp2p itself is not needed) and "oracle"
+    (`AttackersFirst`, a yardstick no host could run)."""
     names = ["default"]
     if hasattr(asyncconnmgr, "DiversityPolicy"):
         names.append("diversity")
-    names.append("libp2p")
+    names += ["libp2p", "oracle"]
     return tuple(names)
+
+
+#: The policies run only as they are, not also with `bounded_count=False` (see `run_matrix`).
+_ONE_VARIANT = ("libp2p", "oracle")
+
+
+class AttackersFirst:
+    """The "oracle": closes every attacker before any honest peer, then the default order.
+
+    It knows who the attackers are (the simulator names them), which no real policy can:
+    it shows the best any victim order could do with the same trims, so a figure it cannot
+    improve on either is set by when the trims run and how fast attackers come back, not by
+    whom they choose.
+    """
+
+    __slots__ = ()
+
+    def select(self, candidates: Sequence[Candidate], target: int, now: float) -> list[Candidate]:
+        return sorted(candidates, key=_attackers_first)
+
+    def __repr__(self) -> str:
+        return "AttackersFirst()"
+
+
+def _attackers_first(candidate: Candidate) -> tuple[bool, tuple[int, bool, bool, int, float, int]]:
+    return not str(candidate.peer).startswith(ATTACKER_PREFIX), default_key(candidate)
 
 
 def _policy_object(name: str, seed: int) -> object:
     if name == "default":
         return DefaultPolicy()
+    if name == "oracle":
+        return AttackersFirst()
     cls: Any = asyncconnmgr.DiversityPolicy
     if "secret" in inspect.signature(cls).parameters:
         # A secret fixed by the seed, so that a run can be repeated.
@@ -249,6 +278,7 @@ def _figures(
         honest_groups_min=rec.groups_min if rec.groups_min is not None else groups,
         eclipsed=rec.eclipsed,
         attacker_share_end=attackers / slots if slots else 0.0,
+        attacker_share_mean=rec.attacker_time / measured,
         attacker_share_worst=rec.attacker_worst,
         attacker_conns=world.attacker_conns,
         wall_seconds=wall,
@@ -292,10 +322,10 @@ def run_matrix(
     backend: str = "asyncio",
 ) -> list[Figures]:
     """Every scenario (all of `SCENARIOS` by default) under every policy (all of
-    `available_policies()` by default), each manager policy both with the bounded count
-    and with the reference behaviour (`bounded_count=False`) when `compare_bounded` (and
-    `settings` does not fix `bounded_count`). Same seed for every run; synchronous (each
-    run in its own loop, see `run`). Raises like `run`."""
+    `available_policies()` by default), each manager policy but the oracle both with the
+    bounded count and with the reference behaviour (`bounded_count=False`) when
+    `compare_bounded` (and `settings` does not fix `bounded_count`). Same seed for every
+    run; synchronous (each run in its own loop, see `run`). Raises like `run`."""
     chosen_scenarios = list(SCENARIOS) if scenarios is None else list(scenarios)
     chosen_policies = list(available_policies() if policies is None else policies)
     base = dict(settings or {})
@@ -303,7 +333,7 @@ def run_matrix(
     for scenario in chosen_scenarios:
         for policy in chosen_policies:
             variants: list[dict[str, object]] = [base]
-            if policy != "libp2p" and compare_bounded and "bounded_count" not in base:
+            if policy not in _ONE_VARIANT and compare_bounded and "bounded_count" not in base:
                 variants = [{**base, "bounded_count": True}, {**base, "bounded_count": False}]
             for variant in variants:
                 if variant.get("bounded_count") is False:

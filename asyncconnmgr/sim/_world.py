@@ -37,10 +37,14 @@ from ..testing import FakeClock, settle
 from ._libp2p import Libp2pPruner
 from ._scenarios import Scenario
 
-__all__ = ["Recorder", "SimConn", "SimPeer", "World", "drive_clock"]
+__all__ = ["ATTACKER_PREFIX", "Recorder", "SimConn", "SimPeer", "World", "drive_clock"]
 
 _OPEN, _CLOSING, _CLOSED = 0, 1, 2
 _MAX_DRAIN_STEPS = 100_000
+
+
+#: How every attacker's peer id begins (honest ones begin with "h", protected ones with "p").
+ATTACKER_PREFIX = "a"
 
 
 class SimPeer:
@@ -176,6 +180,7 @@ class Recorder:
         self.hv_online_time = 0.0
         self.hv_open_time = 0.0
         self.attacker_worst = 0.0
+        self.attacker_time = 0.0  # the attackers' share of the slots, times how long
         self.groups_min: int | None = None
         self.honest_min: int | None = None
         self.eclipsed = False
@@ -259,6 +264,7 @@ class Recorder:
         self.hv_open_time += hv_open * dt
         share = attackers / slots if slots else 0.0
         self.attacker_worst = max(self.attacker_worst, share)
+        self.attacker_time += share * dt
         self.groups_min = groups if self.groups_min is None else min(self.groups_min, groups)
         self.honest_min = honest if self.honest_min is None else min(self.honest_min, honest)
         if honest == 0:
@@ -377,7 +383,9 @@ class World:
                     draw = rng.random()
                     kind = "mesh" if draw < mesh else "dht" if draw < mesh + dht else "idle"
                 group = groups[index % len(groups)]
-                peer = self._new_peer(f"a{index}", False, kind, False, group, 4, False, rng)
+                peer = self._new_peer(
+                    f"{ATTACKER_PREFIX}{index}", False, kind, False, group, 4, False, rng
+                )
                 at = start + (sc.attacker_spread * k / sc.attackers if sc.attackers > 1 else 0.0)
                 self._at(at, peer, self._dial)
                 index += 1
