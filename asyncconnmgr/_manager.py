@@ -51,7 +51,17 @@ from ._decay import BumpFn, DecayFn, DecayingTag
 from ._errors import LimitExceededError, ManagerClosedError
 from ._events import EventQueue, ManagerNotifiee, TrimSubscription
 from ._ledger import Ledger
-from ._models import LOOPS, OUTCOMES, TRIGGERS, ManagerInfo, PeerStatus, TagInfo, TrimResult, Victim
+from ._models import (
+    LOOPS,
+    OUTCOMES,
+    TRIGGERS,
+    ManagerInfo,
+    PeerStatus,
+    TagInfo,
+    TrimResult,
+    Victim,
+    closed_victims,
+)
 from ._policy import DefaultPolicy, TrimPolicy, as_policy, reason_of
 from ._table import Candidates, Choice, PeerEntry, PeerTable
 from .abc import Clock, Conn, Notifiee, PeerId
@@ -1022,6 +1032,10 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         *,
         not_started: bool,
     ) -> tuple[Victim, ...]:
+        if not (not_started or outcomes) and started >= len(choice.conns):
+            # Every chosen connection closed: the common case, and the one with many victims.
+            peers = [entry.peer for entry in choice.entries]
+            return closed_victims(peers, values, choice.sizes, reasons)
         victims: list[Victim] = []
         at = 0
         for entry, value, size, reason in zip(

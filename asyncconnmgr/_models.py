@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from types import MappingProxyType
 
 import attrs
@@ -95,6 +97,29 @@ class Victim:
     conns: int
     outcome: str = "closed"
     reason: object = None
+
+
+#: The slots of `Victim`, in `closed_victims`' column order.
+_VICTIM_SETTERS = tuple(
+    Victim.__dict__[name].__set__ for name in ("peer", "value", "conns", "outcome", "reason")
+)
+
+
+def closed_victims(
+    peers: Sequence[PeerId],
+    values: Iterable[int],
+    sizes: Iterable[int],
+    reasons: Iterable[object],
+) -> tuple[Victim, ...]:
+    """`Victim(peer, value, size, "closed", reason)` for each peer, made a column at a time
+    in C: a trim at 100,000 connections has some 18,000 victims, and the generated
+    `__init__` costs twice as much per victim. Equal to what the constructor makes, because
+    `Victim` has no default factory, validator or converter for it to run (a test checks)."""
+    victims = list(map(object.__new__, repeat(Victim, len(peers))))
+    columns = (peers, values, sizes, repeat("closed"), reasons)
+    for setter, column in zip(_VICTIM_SETTERS, columns, strict=True):
+        deque(map(setter, victims, column), maxlen=0)
+    return tuple(victims)
 
 
 @attrs.frozen(slots=True)

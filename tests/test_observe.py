@@ -34,6 +34,7 @@ from asyncconnmgr import (
     TrimResult,
     TrimSubscription,
 )
+from asyncconnmgr._models import Victim, closed_victims
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
 from .util import Gate
@@ -209,6 +210,23 @@ async def test_a_ceiling_trim_is_seen_with_its_trigger() -> None:
     assert [(r.trigger, r.started_at) for r in seen] == [("background", 0), ("ceiling", 1)]
     assert [peers_of(r) for r in seen] == [["a0", "a1", "a2"], ["a3", "a4", "b0", "b1", "b2"]]
     assert seen[1].outcomes == {"closed": 5}
+
+
+def test_victims_made_a_column_at_a_time_are_what_the_constructor_makes() -> None:
+    # A trim whose closes all succeeded makes its victims without the generated __init__:
+    # that holds only while Victim has nothing for __init__ to run.
+    for field in attrs.fields(Victim):
+        assert field.validator is None, field.name
+        assert field.converter is None, field.name
+        assert not isinstance(field.default, type(attrs.Factory(list))), field.name
+    assert attrs.fields(Victim)[3].name == "outcome"  # the column closed_victims fills
+    made = closed_victims(["a", "b"], [1, -2], [1, 3], [None, (1, "x")])
+    assert made == (Victim("a", 1, 1, "closed", None), Victim("b", -2, 3, "closed", (1, "x")))
+    assert [hash(victim) for victim in made] == [
+        hash(Victim("a", 1, 1)),
+        hash(Victim("b", -2, 3, "closed", (1, "x"))),
+    ]
+    assert closed_victims([], [], [], []) == ()
 
 
 async def test_each_victim_says_what_became_of_it_and_why_it_was_chosen() -> None:
