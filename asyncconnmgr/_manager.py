@@ -15,11 +15,12 @@ A trim is planned synchronously (candidates from the table, the order from the p
 victims marked closing) and then flown as a task of the manager's group, which runs the
 closes through the closer. Callers of `trim_open_conns()` and the background trimmer *join*
 the flight: each with its own deadline and its own cancellation; the flight starts closes
-while at least one of them still wants it (see `trim_open_conns`). Every trim ends in a
-`TrimResult`, published to `last_trim_result`, to trim listeners and to subscribers.
+while at least one of them still wants it (see `trim_open_conns`); the `Flight` keeps that
+book. Every trim ends in a `TrimResult`, published to `last_trim_result`, to trim listeners
+and to subscribers.
 
-Layers (see docs/architecture.md): this module imports the closer, the ledger, the table,
-the policy and the queue; none of them imports this one.
+Layers (see docs/architecture.md): this module imports the closer, the flight, the ledger,
+the table, the policy and the queue; none of them imports this one.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from ._config import (
 from ._decay import BumpFn, DecayFn, DecayingTag
 from ._errors import LimitExceededError, ManagerClosedError
 from ._events import EventQueue, ManagerNotifiee, TrimSubscription
+from ._flight import Flight, victims_of
 from ._ledger import Ledger
 from ._models import (
     LOOPS,
@@ -59,8 +61,6 @@ from ._models import (
     PeerStatus,
     TagInfo,
     TrimResult,
-    Victim,
-    closed_victims,
 )
 from ._policy import DefaultPolicy, TrimPolicy, as_policy, reason_of
 from ._table import Candidates, Choice, PeerEntry, PeerTable
@@ -75,8 +75,6 @@ logger = logging.getLogger("asyncconnmgr")
 
 #: How long a background loop waits before restarting after an unexpected exception.
 RESTART_BACKOFF: Final = 1.0
-#: A victim's outcome is the first of these that any of its connections had.
-_WORST_FIRST: Final = ("failed", "timed_out", "aborted", "spared", "not_started")
 _LEFT_THE_COUNTS: Final = frozenset({"closed", "aborted"})
 
 
@@ -85,76 +83,6 @@ class _State(enum.Enum):
     RUNNING = "running"
     CLOSING = "closing"
     CLOSED = "closed"
-
-
-class _Flight:
-    """The trim in flight, which callers join; see `ConnManager.trim_open_conns`.
-
-    `wants` counts the callers (and the background trimmer) still waiting for it; `bounded`
-    holds the deadlines of those that have one, `unbounded` how many have none. The run's
-    deadline is the latest a caller still wants.
-    """
-
-    __slots__ = (
-        "bounded",
-        "choice",
-        "done",
-        "outcomes",
-        "previous_trim",
-        "reasons",
-        "result",
-        "run",
-        "started_at",
-        "target",
-        "temporary_removed",
-        "trigger",
-        "unbounded",
-        "values",
-        "wants",
-    )
-
-    def __init__(
-        self, trigger: str, run: CloseRun, choice: Choice, target: int, started_at: float
-    ) -> None:
-        self.trigger = trigger
-        self.run = run
-        self.choice = choice
-        self.target = target
-        self.started_at = started_at
-        self.done = anyio.Event()
-        self.result: TrimResult | None = None
-        self.outcomes: dict[Conn, str] = {}
-        self.wants = 0
-        self.unbounded = 0
-        self.bounded: list[float] = []
-        self.previous_trim: float | None = None
-        self.temporary_removed = 0
-        self.reasons: tuple[object, ...] = ()
-        self.values: tuple[int, ...] = ()  # each victim's value when it was chosen
-
-    def want(self, deadline: float | None) -> None:
-        self.wants += 1
-        if deadline is None:
-            self.unbounded += 1
-        else:
-            self.bounded.append(deadline)
-        self._update_deadline()
-
-    def leave(self, deadline: float | None) -> bool:
-        """One wanting party leaves; True if it was the last (the run then stops)."""
-        self.wants -= 1
-        if deadline is None:
-            self.unbounded -= 1
-        else:
-            self.bounded.remove(deadline)
-        if self.wants == 0:
-            self.run.stop()
-            return True
-        self._update_deadline()
-        return False
-
-    def _update_deadline(self) -> None:
-        self.run.deadline = None if self.unbounded or not self.bounded else max(self.bounded)
 
 
 class ConnManager(anyio.AsyncContextManagerMixin):
@@ -245,7 +173,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         self._last_trim: float | None = None
         self._grace_hold: float | None = None
         self._ceiling_armed = True
-        self._flight: _Flight | None = None
+        self._flight: Flight | None = None
         self._trim_wakeup = Wakeup()
         self._reaper_wakeup = Wakeup()
         self._task_group: TaskGroup | None = None
@@ -782,7 +710,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         now = self._now()
         _, target, choice, reasons = self._plan(now)
         values = tuple(entry.value for entry in choice.entries)
-        victims = self._victims(choice, values, reasons, {}, 0, not_started=True)
+        victims = victims_of(choice, values, reasons, {}, 0, not_started=True)
         return TrimResult(
             target=max(target, 0),
             started_at=now,
@@ -836,7 +764,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             flight = self._take_off(trigger)
         return await self._join(flight, deadline)
 
-    def _take_off(self, trigger: str) -> _Flight:
+    def _take_off(self, trigger: str) -> Flight:
         """Plans a trim synchronously, marks its victims closing and starts its flight."""
         assert self._task_group is not None
         self._drain()
@@ -858,11 +786,17 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             recheck=lambda: table.protect_epoch != epoch,
             spare=table.conn_protected,
         )
-        flight = self._flight = _Flight(trigger, run, choice, target, now)
-        flight.temporary_removed = temporary_removed
-        flight.previous_trim = previous_trim
-        flight.reasons = reasons
-        flight.values = tuple(entry.value for entry in choice.entries)
+        flight = self._flight = Flight(
+            trigger,
+            run,
+            choice,
+            target,
+            now,
+            anyio.Event(),
+            previous_trim=previous_trim,
+            temporary_removed=temporary_removed,
+            reasons=reasons,
+        )
         self._task_group.start_soon(self._fly, flight)
         return flight
 
@@ -916,7 +850,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                 exc_info=error,
             )
 
-    async def _join(self, flight: _Flight, deadline: float | None) -> TrimResult:
+    async def _join(self, flight: Flight, deadline: float | None) -> TrimResult:
         """Waits for `flight` on behalf of one caller (see `trim_open_conns`)."""
         flight.want(deadline)
         try:
@@ -931,7 +865,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             raise
         if flight.result is None:  # this caller's deadline came first
             if not flight.leave(deadline):
-                return self._progress(flight)
+                return flight.make_result(self._now(), self._table, finished=False)
             with anyio.CancelScope(shield=True):
                 await flight.done.wait()
         else:
@@ -941,11 +875,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             raise flight.run.fatal
         return flight.result
 
-    def _progress(self, flight: _Flight) -> TrimResult:
-        """The result of a flight so far, for a caller that leaves it early."""
-        return self._result(flight, finished=False)
-
-    async def _fly(self, flight: _Flight) -> None:
+    async def _fly(self, flight: Flight) -> None:
         """Runs a planned trim's closes; always ends with `flight.result` and `done` set."""
         ledger = self._ledger
         outcomes = flight.outcomes
@@ -967,7 +897,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                 # No close started (the deadline had passed, or every caller left at once):
                 # this trim must not push the background trimmer back by a silence period.
                 self._last_trim = flight.previous_trim
-            result = flight.result = self._result(flight, finished=True)
+            result = flight.result = flight.make_result(self._now(), self._table, finished=True)
             self._flight = None
             flight.done.set()
             self._publish(result)
@@ -975,84 +905,12 @@ class ConnManager(anyio.AsyncContextManagerMixin):
             if run.fatal is not None and flight.trigger != "explicit":
                 self._die(run.fatal)
 
-    def _result(self, flight: _Flight, *, finished: bool) -> TrimResult:
-        run = flight.run
-        choice = flight.choice
-        outcomes = flight.outcomes
-        started = run.started
-        counts: dict[str, int] = {}
-        for outcome in outcomes.values():
-            counts[outcome] = counts.get(outcome, 0) + 1
-        # Every close that started and reported no other outcome closed; for a caller that
-        # leaves early, the closes still running are neither closed nor failed yet.
-        closed = started - len(outcomes) if finished else self._closed_so_far(flight)
-        if closed:
-            counts["closed"] = closed
-        if finished and started < len(choice.conns):
-            counts["not_started"] = len(choice.conns) - started
-        failed = counts.get("failed", 0) + counts.get("timed_out", 0)
-        return TrimResult(
-            closed=closed + counts.get("aborted", 0),
-            failed=failed,
-            cut_short=started < len(choice.conns) or not finished,
-            target=max(flight.target, 0),
-            started_at=flight.started_at,
-            finished_at=self._now(),
-            victims=self._victims(
-                choice, flight.values, flight.reasons, outcomes, started, not_started=False
-            ),
-            temporary_removed=flight.temporary_removed,
-            trigger=flight.trigger,
-            outcomes=counts,
-        )
-
-    def _closed_so_far(self, flight: _Flight) -> int:
-        table = self._table
-        outcomes = flight.outcomes
-        return sum(
-            1
-            for conn in flight.choice.conns[: flight.run.started]
-            if conn not in outcomes and table.entry_of(conn) is None
-        )
-
     def _reasons(self, choice: Choice) -> tuple[object, ...]:
         """Each victim's reason, asked of the policy while planning (before any close)."""
         reason = reason_of(self._policy)
         if reason is None:
             return (None,) * len(choice.entries)
         return tuple(reason(entry) for entry in choice.entries)
-
-    def _victims(
-        self,
-        choice: Choice,
-        values: tuple[int, ...],
-        reasons: tuple[object, ...],
-        outcomes: dict[Conn, str],
-        started: int,
-        *,
-        not_started: bool,
-    ) -> tuple[Victim, ...]:
-        if not (not_started or outcomes) and started >= len(choice.conns):
-            # Every chosen connection closed: the common case, and the one with many victims.
-            peers = [entry.peer for entry in choice.entries]
-            return closed_victims(peers, values, choice.sizes, reasons)
-        victims: list[Victim] = []
-        at = 0
-        for entry, value, size, reason in zip(
-            choice.entries, values, choice.sizes, reasons, strict=True
-        ):
-            if not_started or at >= started:
-                outcome = "not_started"
-            elif outcomes or at + size > started:
-                mine = {outcomes.get(conn, "closed") for conn in choice.conns[at : at + size]}
-                if at + size > started:
-                    mine.add("not_started")
-                outcome = next((o for o in _WORST_FIRST if o in mine), "closed")
-            else:
-                outcome = "closed"
-            victims.append(Victim(entry.peer, value, size, outcome, reason))
-            at += size
-        return tuple(victims)
 
     # -- background loops -----------------------------------------------------------------
 
