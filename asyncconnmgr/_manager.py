@@ -762,7 +762,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         flight = self._flight
         if flight is None:
             flight = self._take_off(trigger)
-        return await self._join(flight, deadline)
+        return await self._join(flight, deadline, explicit=trigger == "explicit")
 
     def _take_off(self, trigger: str) -> Flight:
         """Plans a trim synchronously, marks its victims closing and starts its flight."""
@@ -850,8 +850,14 @@ class ConnManager(anyio.AsyncContextManagerMixin):
                 exc_info=error,
             )
 
-    async def _join(self, flight: Flight, deadline: float | None) -> TrimResult:
-        """Waits for `flight` on behalf of one caller (see `trim_open_conns`)."""
+    async def _join(self, flight: Flight, deadline: float | None, *, explicit: bool) -> TrimResult:
+        """Waits for `flight` on behalf of one caller (see `trim_open_conns`).
+
+        A `BaseException` that a close raised comes out here for an `explicit` caller only.
+        The background trimmer never raises it: the flight ends the manager with it
+        (`_die`), and it comes out of `async with` in the host's task. (On asyncio a
+        KeyboardInterrupt or SystemExit raised in any other task goes to the event loop.)
+        """
         flight.want(deadline)
         try:
             if deadline is None:
@@ -871,7 +877,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         else:
             flight.leave(deadline)
         assert flight.result is not None
-        if flight.run.fatal is not None:
+        if explicit and flight.run.fatal is not None:
             raise flight.run.fatal
         return flight.result
 

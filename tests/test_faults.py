@@ -634,6 +634,45 @@ async def test_cancelling_the_first_caller_never_cuts_a_joiners_trim_short() -> 
         assert_holds(manager, [])
 
 
+async def test_the_first_callers_deadline_never_cuts_a_joiners_trim_short() -> None:
+    clock = FakeClock()
+    gate = Gate()
+    async with running(clock, gate, low_water=0, close_concurrency=2) as manager:
+        conns = [FakeConn(f"p{i}", on_close=gate.hook) for i in range(10)]
+        await connect(manager, *conns)
+        for i in range(10):
+            manager.tag_peer(f"p{i}", "t", i)  # p0 is closed first, then p1, ...
+        first: list[TrimResult] = []
+        joined: list[TrimResult] = []
+
+        async def trim() -> None:
+            first.append(await manager.trim_open_conns(deadline=clock.now() + 2))
+
+        async def join() -> None:
+            joined.append(await manager.trim_open_conns())
+
+        async with anyio.create_task_group() as tg:
+            with releasing(clock, gate):
+                tg.start_soon(trim)
+                await settle()
+                tg.start_soon(join)
+                await settle()
+                assert gate.started == conns[:2]
+                clock.advance(2)  # the first caller's deadline passes; the joiner has none
+                await settle()
+                # The first caller leaves at once with the progress so far.
+                (early,) = first
+                assert early.cut_short
+                assert (early.closed, early.failed) == (0, 0)
+                assert joined == []
+                gate.released.set()
+        (result,) = joined
+        assert not result.cut_short
+        assert (result.closed, result.failed) == (10, 0)
+        assert all(conn.closed for conn in conns)
+        assert_holds(manager, [])
+
+
 async def test_the_last_caller_to_leave_stops_the_trim() -> None:
     clock = FakeClock()
     gate = Gate()

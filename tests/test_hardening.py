@@ -147,6 +147,41 @@ async def test_a_base_exception_from_a_background_close_ends_the_manager() -> No
     assert info.conn_count == 4
 
 
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("error_type", [KeyboardInterrupt, SystemExit, Halt])
+def test_an_interrupt_from_a_background_close_comes_out_of_async_with(
+    backend: str, error_type: type[BaseException]
+) -> None:
+    # Its own event loop: on asyncio a KeyboardInterrupt or SystemExit raised in any task
+    # but the host's goes straight to the event loop, past the host's `async with`, and
+    # would end the test session.
+    error = error_type("stop")
+    caught: list[BaseException] = []
+
+    async def host() -> None:
+        clock = FakeClock()
+        manager = ConnManager(
+            low_water=1, high_water=2, grace_period=0, silence_period=1, clock=clock
+        )
+        conns = [FakeConn(f"p{i}", on_close=raising(error)) for i in range(4)]
+        try:
+            async with manager:
+                await connect(manager, *conns)
+                clock.advance(1)
+                await settle()
+                await anyio.sleep_forever()  # the manager's death cancels the body
+        except BaseException as exc:
+            caught.append(exc)
+        assert manager.get_info().closed
+        assert manager.get_info().conn_count == 4
+
+    try:
+        anyio.run(host, backend=backend)
+    except BaseException as exc:
+        pytest.fail(f"{exc!r} escaped the event loop instead of coming out of async with")
+    assert caught == [error]
+
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # only asyncio lets a close() raise this
 async def test_a_stray_cancellation_out_of_close_is_a_failed_close() -> None:
     import asyncio
