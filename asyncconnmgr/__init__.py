@@ -13,7 +13,9 @@ from ._decay import decay_expire_when_inactive as decay_expire_when_inactive
 from ._decay import decay_fixed as decay_fixed
 from ._decay import decay_linear as decay_linear
 from ._decay import decay_none as decay_none
+from ._diversity import UNKNOWN_GROUP as UNKNOWN_GROUP
 from ._diversity import DiversityPolicy as DiversityPolicy
+from ._diversity import DiversityReason as DiversityReason
 from ._diversity import netgroup as netgroup
 from ._errors import ConnManagerError as ConnManagerError
 from ._errors import LimitExceededError as LimitExceededError
@@ -41,6 +43,7 @@ __version__ = "0.2.0.dev0"
 __all__ = [
     "OUTCOMES",
     "TRIGGERS",
+    "UNKNOWN_GROUP",
     "BumpFn",
     "Candidate",
     "CandidateConn",
@@ -52,6 +55,7 @@ __all__ = [
     "DefaultPolicy",
     "Direction",
     "DiversityPolicy",
+    "DiversityReason",
     "LimitExceededError",
     "ManagerClosedError",
     "ManagerInfo",

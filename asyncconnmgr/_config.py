@@ -18,10 +18,13 @@ import attrs
 __all__ = [
     "Config",
     "check_callable",
+    "check_clock",
     "check_deadline",
     "check_fraction",
     "check_int",
     "check_peer",
+    "check_policy",
+    "check_range",
     "check_seconds",
     "check_tag",
 ]
@@ -93,6 +96,35 @@ def check_callable(name: str, value: object) -> Callable[..., Any]:
     if not callable(value):
         raise TypeError(f"{name} must be callable, not {type(value).__name__}")
     return value
+
+
+def check_range(low_name: str, low: object, high_name: str, high: object) -> tuple[int, int]:
+    """Two ints, the first at most the second (ValueError naming both if not)."""
+    first = check_int(low_name, low)
+    second = check_int(high_name, high)
+    if first > second:
+        raise ValueError(f"{low_name} ({first}) must be <= {high_name} ({second})")
+    return first, second
+
+
+def check_clock(value: object) -> None:
+    """A clock has `now()` and an async `sleep_until(deadline)` (see `abc.Clock`)."""
+    if not (
+        callable(getattr(value, "now", None)) and callable(getattr(value, "sleep_until", None))
+    ):
+        raise TypeError(
+            f"clock must have now() and async sleep_until(deadline) methods, "
+            f"not {type(value).__name__}"
+        )
+
+
+def check_policy(value: object) -> None:
+    """A policy has `select(candidates, target, now)`, or is a v0.1 `sort_key` policy."""
+    if not (callable(getattr(value, "select", None)) or callable(getattr(value, "sort_key", None))):
+        raise TypeError(
+            f"policy must have a select(candidates, target, now) or a sort_key(candidate) "
+            f"method, not {type(value).__name__}"
+        )
 
 
 @attrs.frozen(slots=True, kw_only=True)

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import attrs
 
-from ._config import check_fraction, check_int, check_seconds
+from ._config import check_fraction, check_int, check_range, check_seconds
 from ._errors import ManagerClosedError
 from .abc import PeerId
 
@@ -134,11 +134,7 @@ def bump_sum_bounded(min: int, max: int) -> BumpFn:
 
     Raises TypeError naming `min` or `max` if it is not an int, ValueError if `min > max`.
     """
-    check_int("min", min)
-    check_int("max", max)
-    if min > max:
-        raise ValueError(f"min ({min}) must be <= max ({max})")
-    low, high = min, max
+    low, high = check_range("min", min, "max", max)
 
     def bump(value: DecayingValue, delta: int) -> int:
         total = value.value + delta

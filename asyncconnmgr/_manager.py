@@ -42,6 +42,7 @@ from ._closer import Closer, CloseRun
 from ._config import (
     Config,
     check_callable,
+    check_clock,
     check_deadline,
     check_int,
     check_peer,
@@ -155,10 +156,8 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         )
         if clock is None:
             clock = AnyioClock()
-        elif not (
-            callable(getattr(clock, "now", None)) and callable(getattr(clock, "sleep_until", None))
-        ):
-            raise TypeError("clock must have now() and async sleep_until(deadline) methods")
+        else:
+            check_clock(clock)
         self._policy: TrimPolicy = DefaultPolicy() if policy is None else as_policy(policy)
         self._clock: Clock = clock
         self._now = clock.now
@@ -398,6 +397,7 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         if peer is None:
             check_peer(peer)
         try:
+            # As in `upsert_tag`: the peer is hashed once, by the table, unless it fails.
             created = self._table.tag_peer(peer, tag, value, self._now)
         except TypeError:
             check_peer(peer)  # raises the message that names `peer` if it is unhashable
@@ -425,19 +425,15 @@ class ConnManager(anyio.AsyncContextManagerMixin):
         """
         if type(tag) is not str or not tag:
             check_tag("tag", tag)
+        check_callable("fn", fn)
         if peer is None:
-            check_callable("fn", fn)
             check_peer(peer)
         try:
-            # A non-callable `fn` or an unhashable peer raises TypeError in the table before
-            # anything changes; only then is it worth finding out which argument was wrong.
+            # An unhashable peer raises TypeError in the table before anything changes; only
+            # then is it worth hashing the peer again to say so (a py-libp2p ID hashes in
+            # Python). Any other TypeError (from `fn`, or `fn`'s result) goes on as it is.
             created = self._table.upsert_tag(peer, tag, fn, self._now)
         except TypeError:
-            if not callable(fn):
-                try:
-                    check_callable("fn", fn)
-                except TypeError as wrong_fn:
-                    raise wrong_fn from None  # the table's own error says nothing useful
             check_peer(peer)
             raise
         if created and self._reaper_wakeup.waiting:

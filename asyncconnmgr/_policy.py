@@ -20,6 +20,7 @@ import operator
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ._config import check_policy
 from .abc import Conn, PeerId
 
 if TYPE_CHECKING:
@@ -146,9 +147,11 @@ class DefaultPolicy:
     def select(
         self, candidates: Sequence[Candidate], target: int, now: float
     ) -> Iterable[Candidate]:
-        """The candidates in `default_key` order, those that cannot be needed left out: a
-        peer valued above the value at which the cheaper ones cover `target` is never
-        chosen, so it is neither keyed nor sorted."""
+        """The `candidates` in `default_key` order, those that cannot be needed left out:
+        a peer valued above the value at which the cheaper ones cover `target` (a number of
+        connections) is never chosen, so it is neither keyed nor sorted. `now` is the
+        manager's clock, unused by this order. Returns nothing for a `target` of 0 or less;
+        raises nothing of its own."""
         if target <= 0 or not candidates:
             return ()
         # The order starts with the value, so no peer valued above the value at which the
@@ -209,15 +212,14 @@ class SortKeyPolicy:
 
 
 def as_policy(policy: object) -> TrimPolicy:
-    """The policy as a `TrimPolicy`; raises TypeError naming `policy` if it is neither."""
+    """The policy as a `TrimPolicy`: itself, or a v0.1 `sort_key` policy adapted.
+
+    Raises TypeError naming `policy` if it is neither (`_config.check_policy`).
+    """
+    check_policy(policy)
     if callable(getattr(policy, "select", None)):
         return policy  # type: ignore[return-value]
-    if callable(getattr(policy, "sort_key", None)):
-        return SortKeyPolicy(policy)  # type: ignore[arg-type]
-    raise TypeError(
-        f"policy must have a select(candidates, target, now) or a sort_key(candidate) method, "
-        f"not {type(policy).__name__}"
-    )
+    return SortKeyPolicy(policy)  # type: ignore[arg-type]
 
 
 def reason_of(policy: TrimPolicy) -> Any:

@@ -248,13 +248,30 @@ class ConnManager(Protocol):
         ...
 
     async def flush(self) -> None:
-        """Returns once every notification queued before the call has been applied."""
+        """Returns once every notification queued before the call has been applied.
+
+        A cancelled call may or may not have applied them; `asyncconnmgr.ConnManager`'s
+        applies them before it first yields, so a cancelled call has applied them all the
+        same. Raises nothing of its own.
+        """
         ...
 
     async def trim_open_conns(self, *, deadline: float | None = None) -> TrimResult:
-        """Closes the least valuable peers until low water; see `ConnManager`."""
+        """Closes the least valuable peers until low water, giving up starting closes after
+        `deadline` (a time on the manager's clock, or None).
+
+        Raises TypeError or ValueError naming `deadline` for a bad one. A cancelled call
+        re-raises the cancellation and starts no close after it; the closes already started
+        finish (each within the close timeout) and the connections never started stay open
+        and counted. See `asyncconnmgr.ConnManager.trim_open_conns` for the real manager's
+        errors and joined trims.
+        """
         ...
 
     async def aclose(self) -> None:
-        """Applies queued notifications, then stops all background work; idempotent."""
+        """Applies queued notifications, then stops all background work; idempotent.
+
+        Raises nothing of its own. A cancelled call does not stop the shutdown: it completes
+        anyway (see `asyncconnmgr.ConnManager.aclose`).
+        """
         ...

@@ -196,7 +196,12 @@ class Libp2pConn:
 
     @classmethod
     def wrap(cls, net_conn: INetConn) -> Libp2pConn:
-        """A wrapper for `net_conn`; raises whatever reading its peer id raises."""
+        """A wrapper for `net_conn`, a py-libp2p connection (`INetConn`): its peer id,
+        direction and remote address are read now, and it is held weakly.
+
+        Raises whatever reading `net_conn.muxed_conn.peer_id` raises (an `AttributeError`
+        for an object that is not a py-libp2p connection).
+        """
         return cls(
             ref=weakref.ref(net_conn),
             remote_peer=net_conn.muxed_conn.peer_id,
@@ -724,6 +729,11 @@ class Attaching:
         return self._attach(stacklevel=3).__await__()
 
     async def __aenter__(self) -> Libp2pAdapter:
+        """Attaches (as ``await attach(...)`` does) and returns the adapter.
+
+        Raises what `attach` raises. Cancelled before it attached, it leaves the host as it
+        was.
+        """
         self._adapter = await self._attach(stacklevel=4)  # one more frame: __aenter__'s
         return self._adapter
 
@@ -733,6 +743,9 @@ class Attaching:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """Detaches the adapter (`Libp2pAdapter.detach`), shielded: a cancellation of the
+        body, or of the exit, still leaves the host detached. The body's exception goes on
+        as itself."""
         adapter, self._adapter = self._adapter, None
         if adapter is not None:
             with anyio.CancelScope(shield=True):

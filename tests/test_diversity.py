@@ -20,16 +20,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from asyncconnmgr import (
+    UNKNOWN_GROUP,
     CandidateConn,
     ConnManager,
     DefaultPolicy,
     Direction,
     DiversityPolicy,
+    DiversityReason,
     TrimPolicy,
     default_key,
     netgroup,
 )
-from asyncconnmgr._diversity import UNKNOWN_GROUP, DiversityReason
 from asyncconnmgr.abc import Conn, Notifiee
 from asyncconnmgr.testing import FakeClock, FakeConn, settle
 
