@@ -10,8 +10,8 @@ module keeps the book.
   leave stops the run (`CloseRun.stop`).
 - The closer reports every outcome but "closed" into `outcomes`; a close that started and
   reported nothing else closed.
-- `result()` makes the `TrimResult`, at the end or, for a caller that leaves early, of the
-  progress so far.
+- `make_result()` makes the `TrimResult`, at the end or, for a caller that leaves early, of
+  the progress so far.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Flight:
     """One planned trim, from its plan to its result (see the module docstring).
 
     `bounded` holds the deadlines of the parties that want it with one, `unbounded` how many
-    want it without; `wants` counts both. `values` and `reasons` are each victim's value and
+    want it without. `values` and `reasons` are each victim's value and
     reason when it was chosen.
     """
 
@@ -56,7 +56,6 @@ class Flight:
         "trigger",
         "unbounded",
         "values",
-        "wants",
     )
 
     def __init__(
@@ -84,13 +83,11 @@ class Flight:
         self.values = tuple(entry.value for entry in choice.entries)
         self.result: TrimResult | None = None  # set once, when the last close has ended
         self.outcomes: dict[Conn, str] = {}
-        self.wants = 0
         self.unbounded = 0
         self.bounded: list[float] = []
 
     def want(self, deadline: float | None) -> None:
         """One more party wants the flight, until `deadline` (None: for as long as it takes)."""
-        self.wants += 1
         if deadline is None:
             self.unbounded += 1
         else:
@@ -99,12 +96,11 @@ class Flight:
 
     def leave(self, deadline: float | None) -> bool:
         """One wanting party leaves; True if it was the last (the run then stops)."""
-        self.wants -= 1
         if deadline is None:
             self.unbounded -= 1
         else:
             self.bounded.remove(deadline)
-        if self.wants == 0:
+        if not (self.unbounded or self.bounded):
             self.run.stop()
             return True
         self._update_deadline()

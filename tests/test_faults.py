@@ -590,14 +590,21 @@ async def test_bump_function_that_calls_back_into_the_manager() -> None:
 # --- cancellation and shutdown ---------------------------------------------------------------
 
 
+async def ranked_gated_conns(manager: ConnManager, gate: Gate) -> list[FakeConn]:
+    """Ten connections whose closes wait at `gate`, tagged so that p0 is closed first, then
+    p1, and so on."""
+    conns = [FakeConn(f"p{i}", on_close=gate.hook) for i in range(10)]
+    await connect(manager, *conns)
+    for i, conn in enumerate(conns):
+        manager.tag_peer(conn.remote_peer, "t", i)
+    return conns
+
+
 async def test_cancelling_the_first_caller_never_cuts_a_joiners_trim_short() -> None:
     clock = FakeClock()
     gate = Gate()
     async with running(clock, gate, low_water=0, close_concurrency=2) as manager:
-        conns = [FakeConn(f"p{i}", on_close=gate.hook) for i in range(10)]
-        await connect(manager, *conns)
-        for i in range(10):
-            manager.tag_peer(f"p{i}", "t", i)  # p0 is closed first, then p1, ...
+        conns = await ranked_gated_conns(manager, gate)
 
         outcome: list[str] = []
         joined: list[TrimResult] = []
@@ -638,10 +645,7 @@ async def test_the_first_callers_deadline_never_cuts_a_joiners_trim_short() -> N
     clock = FakeClock()
     gate = Gate()
     async with running(clock, gate, low_water=0, close_concurrency=2) as manager:
-        conns = [FakeConn(f"p{i}", on_close=gate.hook) for i in range(10)]
-        await connect(manager, *conns)
-        for i in range(10):
-            manager.tag_peer(f"p{i}", "t", i)  # p0 is closed first, then p1, ...
+        conns = await ranked_gated_conns(manager, gate)
         first: list[TrimResult] = []
         joined: list[TrimResult] = []
 
@@ -677,10 +681,7 @@ async def test_the_last_caller_to_leave_stops_the_trim() -> None:
     clock = FakeClock()
     gate = Gate()
     async with running(clock, gate, low_water=0, close_concurrency=2) as manager:
-        conns = [FakeConn(f"p{i}", on_close=gate.hook) for i in range(10)]
-        await connect(manager, *conns)
-        for i in range(10):
-            manager.tag_peer(f"p{i}", "t", i)
+        conns = await ranked_gated_conns(manager, gate)
 
         outcome: list[str] = []
         progress: list[TrimResult] = []
